@@ -25,6 +25,8 @@ def _add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 128) 
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--max-batch-tokens", type=int, default=8192,
+                   help="cap on rows x padded prompt length per batch (long prompts get smaller batches)")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-p", type=float, default=1.0)
@@ -66,7 +68,8 @@ def _generation_config(args):
     from lens_steer.generate import GenerationConfig
 
     return GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
-                            top_p=args.top_p, seed=args.seed, batch_size=args.batch_size)
+                            top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                            max_batch_tokens=args.max_batch_tokens)
 
 
 def _template(args):
@@ -215,11 +218,442 @@ def _demo(args) -> int:
     return run_demo(args)
 
 
+# ---------------------------------------------------------------- figures
+def _figures_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vector", type=Path, required=True, help="steering vector directory")
+    p.add_argument("--out", type=Path, default=Path("figures"), help="output directory (default: figures)")
+    p.add_argument("--model", default=None, help="default: the model the vector was derived on")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--layer", type=int, default=None,
+                   help="analysis layer for sources, PCA and the trace (default: 15 for the embedded model, else n_layers // 2)")
+    p.add_argument("--trace-question", default=None,
+                   help="question of the projection trace (default: the first packaged held-out demo question; '' skips)")
+    p.add_argument("--ablation-questions", type=int, default=16,
+                   help="number of questions answered with and without the direction (0 skips the ablation)")
+    p.add_argument("--ablation-file", type=Path, default=None,
+                   help="JSONL questions for the ablation (default: the 28 packaged demo questions, not in the paper corpus)")
+    p.add_argument("--ablation-layers", default="all", help="'all' or comma-separated layers to project the direction out at")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="generation limit of the trace and the ablation")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=10, help="logit-lens tokens per layer and end")
+    p.add_argument("--n-splits", type=int, default=100, help="split-half repetitions")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random controls, half splits and question draw")
+    p.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write static PNGs (needs kaleido>=1 and Chrome/Chromium; skipped with a message if missing)")
+    p.add_argument("--plotlyjs", choices=["directory", "cdn", "inline"], default="directory",
+                   help="HTML plotly.js: one shared plotly.min.js in --out (offline), the CDN, or inlined per file")
+    p.add_argument("--allow-other-model", action="store_true", help="use a vector derived on another checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _figures_command(args, model_name: str, layer: int, trace_question: str) -> str:
+    """The effective command line, every option explicit, for the README."""
+    import shlex
+
+    argv = ["lens-steer", "figures", "--vector", str(args.vector), "--out", str(args.out), "--model", model_name,
+            "--layer", str(layer), "--trace-question", trace_question,
+            "--ablation-questions", str(args.ablation_questions)]
+    if args.ablation_file is not None:
+        argv += ["--ablation-file", str(args.ablation_file)]
+    argv += ["--ablation-layers", args.ablation_layers, "--max-new-tokens", str(args.max_new_tokens),
+             "--batch-size", str(args.batch_size), "--top-k", str(args.top_k), "--n-splits", str(args.n_splits),
+             "--seed", str(args.seed), "--png" if args.png else "--no-png", "--plotlyjs", args.plotlyjs]
+    if args.device != "cpu" or args.dtype != "float32":
+        argv += ["--device", args.device, "--dtype", args.dtype]
+    if args.allow_other_model:
+        argv.append("--allow-other-model")
+    return shlex.join(argv)
+
+
+def _figures(args) -> int:
+    from lens_steer.benchmarks import subsample
+    from lens_steer.corpus import load_questions_jsonl
+    from lens_steer.figure_io import write_paper_figures
+    from lens_steer.figures import paper_figures
+    from lens_steer.generate import GenerationConfig
+    from lens_steer.models import check_layer, load_model, n_layers
+    from lens_steer.prompts import PromptTemplate
+    from lens_steer.vectors import SteeringVector
+
+    vector = SteeringVector.load(args.vector)
+    model_name = args.model or vector.metadata.model_id
+    model = load_model(model_name, device=args.device, dtype=_dtype(args.dtype))
+    vector.check_compatible(model, allow_other_model=args.allow_other_model)
+    layer = args.layer if args.layer is not None else (15 if model_name == EMBEDDED_MODEL else n_layers(model) // 2)
+    check_layer(model, layer)
+    trace_question = args.trace_question
+    if trace_question is None:
+        trace_question = load_questions_jsonl(demo_questions_path("heldout"))[0].question
+    layers = None if args.ablation_layers.strip() == "all" else [int(x) for x in args.ablation_layers.split(",") if x.strip()]
+    questions = []
+    if args.ablation_questions > 0:
+        pool = (load_questions_jsonl(args.ablation_file) if args.ablation_file is not None else
+                load_questions_jsonl(demo_questions_path("derive")) + load_questions_jsonl(demo_questions_path("heldout")))
+        questions = subsample(pool, args.ablation_questions, args.seed)
+    template = PromptTemplate(**vector.metadata.templates) if vector.metadata.templates else None
+    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    start = time.perf_counter()
+    paper = paper_figures(model, vector, layer, trace_question=trace_question or None, ablation_questions=questions,
+                          ablation_layers=layers, generation=generation, template=template, k=args.top_k,
+                          seed=args.seed, n_splits=args.n_splits, progress=not args.no_progress)
+    meta = vector.metadata
+    info = {"directory": str(args.vector), "model": meta.model_id, "fingerprint": meta.model_fingerprint,
+            "layers x d_model": f"{meta.n_layers} x {meta.d_model}", "questions": len(meta.question_ids),
+            "corpus sha256": meta.corpus_hash, "positions": meta.positions, "created": meta.created,
+            "generation": json.dumps(meta.generation)}
+    command = _figures_command(args, model_name, layer, trace_question)
+    report = write_paper_figures(paper, args.out, command=command, vector_info=info, png=args.png,
+                                 plotlyjs=args.plotlyjs)
+    print(f"wrote {len(report.html)} HTML and {len(report.png)} PNG figures to {args.out} "
+          f"in {time.perf_counter() - start:.1f} s")
+    if args.png and not report.png:
+        print(f"lens-steer figures: {report.png_message} (HTML written)", file=sys.stderr)
+    for name, reason in paper.skipped.items():
+        print(f"lens-steer figures: skipped {name}: {reason}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- eval / sweep / report
+def _add_benchmark_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("benchmarks")
+    g.add_argument("--benchmarks", required=True,
+                   help="comma list of gsm8k, mmlu[:subject], arc, agieval[:task], bbl[:task], each with an optional "
+                        "@split (e.g. gsm8k@train,mmlu@val); agieval and bbl expand to one benchmark per task")
+    g.add_argument("--split", default="test", help="split of GSM8K / MMLU / ARC unless given with @ (default: test)")
+    g.add_argument("--limit", type=int, default=None, help="seeded subsample of N items per benchmark (--seed)")
+    g.add_argument("--task-limit", type=int, default=None, help="items per AGIEval / BBL task (default: --limit)")
+    g.add_argument("--data-dir", type=Path, default=None,
+                   help="local benchmark copies (default: $LENS_STEER_DATA_DIR, else the Hugging Face hub)")
+    g.add_argument("--chunk-size", type=int, default=None,
+                   help="items generated and saved together, the unit of resumption (default: --batch-size)")
+
+
+def _add_results_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vector", type=Path, default=None, help="steering vector directory")
+    p.add_argument("--allow-other-model", action="store_true", help="use a vector derived on another checkpoint")
+    p.add_argument("--out", type=Path, required=True,
+                   help="results directory (items.jsonl, summary.json, run.json); an existing one is resumed")
+
+
+def _csv(text: str, cast=str) -> list:
+    return [cast(x.strip()) for x in text.split(",") if x.strip()]
+
+
+def _load_examples(args) -> tuple[list, list[str]]:
+    from lens_steer.benchmarks import AGIEVAL_MC_TASKS, BBL_TASKS, load_benchmark
+
+    tasks = {"agieval": AGIEVAL_MC_TASKS, "bbl": BBL_TASKS}
+    examples, names = [], []
+    for spec in _csv(args.benchmarks):
+        name, _, split = spec.partition("@")
+        for full in ([f"{name}:{t}" for t in tasks[name]] if name in tasks else [name]):
+            base = full.partition(":")[0]
+            limit = args.task_limit if base in tasks and args.task_limit is not None else args.limit
+            examples += load_benchmark(full, split or (None if base in tasks else args.split), args.data_dir, limit,
+                                       args.seed)
+            names.append(full + (f"@{split}" if split else ""))
+    if not examples:
+        raise ValueError(f"no items in --benchmarks {args.benchmarks!r}")
+    return examples, names
+
+
+def _vector_info(path: Path, vector) -> dict:
+    from lens_steer.vectors import CONFIG_FILE
+
+    config = json.loads((path / CONFIG_FILE).read_text())
+    return {"path": str(path.resolve()), "model_id": vector.metadata.model_id,
+            "corpus_hash": vector.metadata.corpus_hash, "tensors_sha256": config.get("tensors_sha256"),
+            "n_questions": len(vector.metadata.question_ids)}
+
+
+def _run_settings(args, command: str, model, vector, examples, names) -> dict:
+    import hashlib
+
+    from lens_steer.benchmarks import resolve_data_dir
+    from lens_steer.models import describe
+
+    data_dir = resolve_data_dir(args.data_dir)
+    ids = hashlib.sha256("\n".join(e.id for e in examples).encode()).hexdigest()
+    return {
+        "command": command,
+        "model": describe(model),
+        "dtype": args.dtype,
+        "vector": _vector_info(args.vector, vector) if vector is not None else None,
+        "allow_other_model": args.allow_other_model,
+        "generation": _generation_config(args).to_dict(),
+        "template": _template(args).to_dict(),
+        "chunk_size": args.chunk_size or args.batch_size,
+        "data": {"benchmarks": names, "split": args.split, "limit": args.limit, "task_limit": args.task_limit,
+                 "seed": args.seed, "source": str(data_dir.resolve()) if data_dir is not None else "hub",
+                 "n_items": len(examples), "item_ids_sha256": ids},
+    }
+
+
+def _run_evaluation(args, command: str, model, vector, examples, names, conditions, load_seconds: float):
+    """Evaluate into ``args.out`` (resuming it), write the summary, print the table. Returns (code, summary)."""
+    from datetime import datetime, timezone
+
+    import torch
+
+    from lens_steer.evaluate import (
+        ITEMS_FILE, append_items, evaluate, open_results_dir, read_items, record_invocation, summarise, write_summary,
+    )
+    from lens_steer.report import format_table
+
+    settings = _run_settings(args, command, model, vector, examples, names)
+    done = open_results_dir(args.out, settings)
+    wanted = {(e.id, c.key) for e in examples for c in conditions}
+    print(f"{len(examples)} items x {len(conditions)} conditions: {len(wanted & done)} of {len(wanted)} already in "
+          f"{args.out}", file=sys.stderr)
+    added = []
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    start = time.perf_counter()
+    completed = False
+    try:
+        evaluate(model, examples, conditions, _generation_config(args), vector, template=_template(args), done=done,
+                 on_rows=lambda rows: (append_items(args.out / ITEMS_FILE, rows), added.extend(rows)),
+                 chunk_size=args.chunk_size, allow_other_model=args.allow_other_model, progress=not args.no_progress)
+        completed = True
+    except KeyboardInterrupt:
+        print(f"lens-steer {command}: interrupted after {len(added)} new rows; run the same command again to resume",
+              file=sys.stderr)
+    finally:
+        record_invocation(args.out, {
+            "started": started, "argv": sys.argv[1:], "device": str(args.device), "torch_threads": torch.get_num_threads(),
+            "load_seconds": round(load_seconds, 2), "eval_seconds": round(time.perf_counter() - start, 2),
+            "new_rows": len(added), "completed": completed}, conditions)
+    summary = summarise(read_items(args.out / ITEMS_FILE))
+    extra = {"complete": completed, "bootstrap": {"n_boot": 2000, "seed": 0}}
+    if command == "sweep":
+        from lens_steer.evaluate import best_steered
+
+        extra["best"] = {m: best_steered(summary, m) for m in args.modes}
+        extra["best_rule"] = "max accuracy on 'all' (pooled), then CoT-style rate, then smaller |coeff|, then lower layer"
+    write_summary(args.out, summary, **extra)
+    print(format_table(summary))
+    return (0 if completed else 130), summary
+
+
+def _load_with_vector(args):
+    from lens_steer.vectors import SteeringVector
+
+    start = time.perf_counter()
+    model = _load(args)
+    vector = (SteeringVector.load(args.vector, model=model, allow_other_model=args.allow_other_model)
+              if args.vector is not None else None)
+    return model, vector, time.perf_counter() - start
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+    _add_benchmark_args(p)
+    _add_generation_args(p, max_new_tokens=192)
+    _add_template_args(p)
+    p.add_argument("--conditions", default="direct,cot,steered-continuous,steered-single",
+                   help="comma list of plain, direct, cot, steered-continuous, steered-single")
+    for mode in ("continuous", "single"):
+        g = p.add_argument_group(f"steered-{mode}")
+        g.add_argument(f"--layer-{mode}", type=int, default=None)
+        size = g.add_mutually_exclusive_group()
+        size.add_argument(f"--coeff-{mode}", type=float, default=None, help="absolute coefficient c")
+        size.add_argument(f"--scale-{mode}", type=float, default=None,
+                          help="||c v_l|| as a fraction of the mean residual norm at the layer")
+    _add_results_args(p)
+
+
+def _eval(args) -> int:
+    from lens_steer.evaluate import Condition, steered_condition
+
+    names = _csv(args.conditions)
+    model, vector, load_seconds = _load_with_vector(args)
+    conditions = []
+    for name in names:
+        if not name.startswith("steered-"):
+            conditions.append(Condition.baseline(name))
+            continue
+        mode = name.removeprefix("steered-")
+        if mode not in ("continuous", "single"):
+            raise ValueError(f"unknown condition {name!r}")
+        layer, coeff, scale = (getattr(args, f"{k}_{mode}") for k in ("layer", "coeff", "scale"))
+        if vector is None or layer is None or (coeff is None and scale is None):
+            raise ValueError(f"condition {name} needs --vector, --layer-{mode} and --coeff-{mode} or --scale-{mode}")
+        conditions.append(steered_condition(vector, mode, layer, coeff=coeff, scale=scale))
+    examples, bench_names = _load_examples(args)
+    code, _ = _run_evaluation(args, "eval", model, vector, examples, bench_names, conditions, load_seconds)
+    return code
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+    _add_benchmark_args(p)
+    _add_generation_args(p, max_new_tokens=160)
+    _add_template_args(p)
+    p.add_argument("--layers", required=True, help="comma list of layers")
+    p.add_argument("--modes", default="continuous,single", type=lambda s: _csv(s))
+    grid = p.add_argument_group("grid (per mode, give coefficients or scales; --coeffs/--scales apply to every mode)")
+    for flag in ("coeffs", "scales", "coeffs-continuous", "scales-continuous", "coeffs-single", "scales-single"):
+        grid.add_argument(f"--{flag}", default=None, type=lambda s: _csv(s, float))
+    p.add_argument("--baselines", default="direct", help="unsteered conditions run too (comma list; '' for none)")
+    p.add_argument("--heatmaps", type=Path, default=None, help="heatmap directory (default: OUT/heatmaps)")
+    _add_results_args(p)
+
+
+def _sweep_grids(args) -> tuple[dict, dict]:
+    coeffs, scales = {}, {}
+    for mode in args.modes:
+        own_c, own_s = getattr(args, f"coeffs_{mode}"), getattr(args, f"scales_{mode}")
+        if own_c is not None and own_s is not None:
+            raise ValueError(f"give --coeffs-{mode} or --scales-{mode}, not both")
+        if own_c is None and own_s is None:
+            if (args.coeffs is None) == (args.scales is None):
+                raise ValueError(f"mode {mode} needs a grid: exactly one of --coeffs / --scales (or --coeffs-{mode} / "
+                                 f"--scales-{mode})")
+            own_c, own_s = args.coeffs, args.scales
+        if own_c is not None:
+            coeffs[mode] = own_c
+        else:
+            scales[mode] = own_s
+    return coeffs, scales
+
+
+def _sweep(args) -> int:
+    from lens_steer.evaluate import Condition, sweep_conditions
+
+    bad = [m for m in args.modes if m not in ("continuous", "single")]
+    if bad:
+        raise ValueError(f"unknown mode(s) {bad}; expected continuous, single")
+    if args.vector is None:
+        raise ValueError("sweep needs --vector")
+    coeffs, scales = _sweep_grids(args)
+    model, vector, load_seconds = _load_with_vector(args)
+    conditions = [Condition.baseline(b) for b in _csv(args.baselines)]
+    conditions += sweep_conditions(vector, _csv(args.layers, int), args.modes, coeffs=coeffs, scales=scales)
+    examples, bench_names = _load_examples(args)
+    code, summary = _run_evaluation(args, "sweep", model, vector, examples, bench_names, conditions, load_seconds)
+    paths = _save_heatmaps(summary, args.heatmaps or args.out / "heatmaps", {m: ("coeff" if m in coeffs else "scale")
+                                                                            for m in args.modes})
+    print(f"wrote {len(paths)} heatmap files to {args.heatmaps or args.out / 'heatmaps'}", file=sys.stderr)
+    return code
+
+
+def _save_heatmaps(summary, out: Path, axes: dict) -> list[Path]:
+    """Write accuracy and CoT-style heatmaps (HTML; PNG too when kaleido and Chrome work) per benchmark and mode."""
+    from lens_steer.evaluate import sweep_grid
+    from lens_steer.plotting import plot_sweep_heatmap
+
+    out.mkdir(parents=True, exist_ok=True)
+    written, png_ok = [], True
+    benchmarks = sorted({s["benchmark"] for s in summary if s["mode"] is not None})
+    for bench in benchmarks:
+        for mode, axis in axes.items():
+            for metric, label in (("accuracy", "accuracy"), ("cot_style_rate", "CoT-style rate")):
+                layers, cols, grid = sweep_grid(summary, mode, metric, benchmark=bench, axis=axis)
+                if not layers:
+                    continue
+                fig = plot_sweep_heatmap(layers, cols, grid, label, title=f"{label}, steered-{mode}, {bench}")
+                fig.update_xaxes(title="scale (x mean residual norm)" if axis == "scale" else "coefficient")
+                stem = out / f"{bench.replace(':', '_')}-{mode}-{metric}"
+                fig.write_html(stem.with_suffix(".html"), include_plotlyjs="cdn")
+                written.append(stem.with_suffix(".html"))
+                if png_ok:
+                    try:
+                        fig.write_image(stem.with_suffix(".png"), scale=2)
+                        written.append(stem.with_suffix(".png"))
+                    except Exception as exc:  # kaleido or Chrome missing: HTML is enough
+                        png_ok = False
+                        print(f"lens-steer sweep: PNG heatmaps skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+    return written
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval", type=Path, required=True, help="results directory of `lens-steer eval`")
+    p.add_argument("--sweep", type=Path, default=None, help="results directory of `lens-steer sweep`")
+    p.add_argument("--out", type=Path, required=True, help="markdown file to write")
+    p.add_argument("--copy-summaries", type=Path, default=None,
+                   help="also copy summary.json and run.json of each run here (e.g. docs/results), cited in the doc")
+    p.add_argument("--title", default=None)
+
+
+def _read_run(path: Path) -> tuple[dict, list]:
+    from lens_steer.evaluate import RUN_FILE, SUMMARY_FILE, read_items, summarise
+
+    if not (path / RUN_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a results directory: {RUN_FILE} is missing")
+    run = json.loads((path / RUN_FILE).read_text())
+    if (path / SUMMARY_FILE).is_file():
+        summary = json.loads((path / SUMMARY_FILE).read_text())
+    else:
+        summary = {"summary": summarise(read_items(path))}
+    return run, summary
+
+
+def _report(args) -> int:
+    import os
+    import shlex
+    import shutil
+
+    from lens_steer.evaluate import RUN_FILE, SUMMARY_FILE
+    from lens_steer.report import results_markdown
+
+    eval_run, eval_summary = _read_run(args.eval)
+    sweep_run = sweep_summary = None
+    if args.sweep is not None:
+        sweep_run, sweep_summary = _read_run(args.sweep)
+    sources = []
+    for tag, path in (("eval", args.eval), ("sweep", args.sweep)):
+        if path is None:
+            continue
+        if args.copy_summaries is not None:
+            args.copy_summaries.mkdir(parents=True, exist_ok=True)
+            for name in (SUMMARY_FILE, RUN_FILE):
+                dest = args.copy_summaries / f"{tag}-{name}"
+                shutil.copyfile(path / name, dest)
+                sources.append(str(dest))
+        else:
+            sources.append(str(path / SUMMARY_FILE))
+    heatmaps = []
+    if args.sweep is not None and (args.sweep / "heatmaps").is_dir():
+        found = sorted((args.sweep / "heatmaps").glob("all-*.*")) or sorted((args.sweep / "heatmaps").glob("*.*"))
+        for src in found:
+            if args.copy_summaries is not None:
+                dest = args.copy_summaries / f"sweep-{src.name}"
+                shutil.copyfile(src, dest)
+                src = dest
+            heatmaps.append(os.path.relpath(src, args.out.parent))
+    text = results_markdown(
+        eval_run, eval_summary["summary"], sweep_run=sweep_run,
+        sweep_summary=sweep_summary["summary"] if sweep_summary else None,
+        sweep_best=sweep_summary.get("best") if sweep_summary else None, heatmaps=heatmaps, sources=sources,
+        command=shlex.join(["lens-steer", "report", *_report_argv(args)]),
+        title=args.title)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _report_argv(args) -> list[str]:
+    argv = ["--eval", str(args.eval)]
+    if args.sweep is not None:
+        argv += ["--sweep", str(args.sweep)]
+    argv += ["--out", str(args.out)]
+    if args.copy_summaries is not None:
+        argv += ["--copy-summaries", str(args.copy_summaries)]
+    if args.title:
+        argv += ["--title", args.title]
+    return argv
+
+
 COMMANDS: list[Command] = [
     ("derive", "derive a CoT steering vector", _derive_args, _derive),
     ("generate", "answer questions with or without a steering vector", _generate_args, _generate),
     ("info", "describe a saved steering vector", _info_args, _info),
     ("demo", "derive on the packaged demo questions and compare answers", _demo_args, _demo),
+    ("figures", "regenerate every analysis figure of a vector as HTML and PNG, with a README", _figures_args, _figures),
+    ("eval", "run conditions (direct, cot, steered, ...) on benchmarks; resumable", _eval_args, _eval),
+    ("sweep", "grid search over layers x coefficients x modes on a dev subset; resumable", _sweep_args, _sweep),
+    ("report", "write the markdown results document from eval/sweep directories", _report_args, _report),
 ]
 
 

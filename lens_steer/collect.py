@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lens_steer.generate import Generation, GenerationConfig, _left_pad, generate
+from lens_steer.generate import Generation, GenerationConfig, _left_pad, generate, plan_batches
 from lens_steer.hooks import attach
 from lens_steer.models import d_model, hf_model, n_layers, resid_post_name
 
@@ -111,14 +111,14 @@ class _Accumulator:
         )
 
 
-def _second_pass(model, prompts, generations, acc: _Accumulator, batch_size: int, progress: bool) -> None:
+def _second_pass(model, prompts, generations, acc: _Accumulator, config: GenerationConfig, progress: bool) -> None:
     hf = hf_model(model)
     device = next(hf.parameters()).device
     pad_id = model.tokenizer.pad_token_id or 0
-    order = sorted(range(len(prompts)), key=lambda i: (-(len(prompts[i]) + len(generations[i].response_ids)), i))
+    lengths = [len(p) + len(g.response_ids) for p, g in zip(prompts, generations)]
+    batches = plan_batches(lengths, config.batch_size, config.max_batch_tokens)
     with torch.inference_mode(), attach(model, acc.hooks()):
-        for start in tqdm(range(0, len(order), batch_size), desc="re-reading", disable=not progress):
-            rows = order[start:start + batch_size]
+        for rows in tqdm(batches, desc="re-reading", disable=not progress):
             seqs = [list(prompts[i]) + generations[i].response_ids for i in rows]
             ids, mask = _left_pad(seqs, pad_id, device)
             width = ids.shape[1]
@@ -173,5 +173,5 @@ def collect_residual_means(
             generations = generate(model, prompts, config, observer=acc, progress=progress, desc="deriving")
     else:
         generations = generate(model, prompts, config, progress=progress, desc="deriving")
-        _second_pass(model, prompts, generations, acc, config.batch_size, progress)
+        _second_pass(model, prompts, generations, acc, config, progress)
     return acc.result(generations)

@@ -29,7 +29,10 @@ class GenerationConfig:
         temperature: Sampling temperature.
         top_p: Nucleus sampling threshold.
         seed: Seed of the sampler (sampled tokens depend on batch composition too).
-        batch_size: Prompts per batch.
+        batch_size: Prompts per batch (at most).
+        max_batch_tokens: Cap on ``rows x padded prompt length`` of a batch, so a few very
+            long prompts run in smaller batches instead of padding a full one (a batch always
+            holds at least one prompt).
         use_cache: Use a KV cache (``False`` re-runs the whole sequence at each step).
     """
 
@@ -39,6 +42,7 @@ class GenerationConfig:
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 8
+    max_batch_tokens: int = 8192
     use_cache: bool = True
 
     def __post_init__(self) -> None:
@@ -46,6 +50,8 @@ class GenerationConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
         if self.do_sample and self.temperature <= 0:
             raise ValueError("temperature must be > 0 when sampling")
 
@@ -177,6 +183,30 @@ def _generate_batch(model, prompts, cfg, stop_ids, gen, observer, rows) -> list[
     return results
 
 
+def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Group prompt indices into batches, longest first, under both caps.
+
+    Args:
+        lengths: Prompt lengths.
+        batch_size: Most prompts per batch.
+        max_batch_tokens: Most ``rows x longest prompt`` per batch (one prompt always fits).
+
+    Returns:
+        Batches of indices; each batch is sorted by decreasing length.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches:
+            cur = batches[-1]
+            width = lengths[cur[0]]  # the longest prompt of the batch comes first
+            if len(cur) < batch_size and width * (len(cur) + 1) <= max_batch_tokens:
+                cur.append(i)
+                continue
+        batches.append([i])
+    return batches
+
+
 def generate(
     model,
     prompts: Sequence[Sequence[int]],
@@ -207,11 +237,10 @@ def generate(
     if not stop_ids:
         raise ValueError("the tokenizer defines no EOS token; cannot tell where a response ends")
     gen = torch.Generator().manual_seed(config.seed) if config.do_sample else None
-    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+    batches = plan_batches([len(p) for p in prompts], config.batch_size, config.max_batch_tokens)
     results: list[Generation | None] = [None] * len(prompts)
     with torch.inference_mode(), tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt") as bar:
-        for start in range(0, len(order), config.batch_size):
-            rows = order[start:start + config.batch_size]
+        for rows in batches:
             batch = _generate_batch(model, [prompts[i] for i in rows], config, stop_ids, gen, observer, rows)
             for i, g in zip(rows, batch):
                 results[i] = g

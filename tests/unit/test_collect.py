@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lens_steer.collect import collect_residual_means
-from lens_steer.generate import GenerationConfig, generate
+from lens_steer.generate import GenerationConfig, generate, plan_batches
 from lens_steer.models import resid_post_name
 from lens_steer.prompts import encode_prompt
 
@@ -83,3 +83,20 @@ def test_bad_arguments(tiny, prompts):
         generate(tiny, [[]], progress=False)
     with pytest.raises(ValueError, match="max_new_tokens"):
         GenerationConfig(max_new_tokens=0)
+
+
+def test_plan_batches_respects_both_caps():
+    lengths = [10, 1500, 480, 500, 90, 90, 600, 5]
+    batches = plan_batches(lengths, batch_size=3, max_batch_tokens=1600)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert batches[0] == [1]  # too long to share a batch
+    for b in batches:
+        assert len(b) <= 3
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 1600
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+
+
+def test_token_budget_does_not_change_results(tiny, prompts):
+    small = generate(tiny, prompts, GenerationConfig(max_new_tokens=6, batch_size=8, max_batch_tokens=80), progress=False)
+    big = generate(tiny, prompts, GenerationConfig(max_new_tokens=6, batch_size=8), progress=False)
+    assert [g.response_ids for g in small] == [g.response_ids for g in big]
