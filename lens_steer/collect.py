@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lens_steer.fastpath import fast_forward  # fast path: HF layers while only residual hooks are active
 from lens_steer.generate import Generation, GenerationConfig, _left_pad, generate, plan_batches
 from lens_steer.hooks import attach
 from lens_steer.models import d_model, hf_model, n_layers, resid_post_name
@@ -118,6 +119,7 @@ def _second_pass(model, prompts, generations, acc: _Accumulator, config: Generat
     lengths = [len(p) + len(g.response_ids) for p, g in zip(prompts, generations)]
     batches = plan_batches(lengths, config.batch_size, config.max_batch_tokens)
     with torch.inference_mode(), attach(model, acc.hooks()):
+        forward = fast_forward(model)  # fast path (lens_steer.fastpath); falls back to hf itself
         for rows in tqdm(batches, desc="re-reading", disable=not progress):
             seqs = [list(prompts[i]) + generations[i].response_ids for i in rows]
             ids, mask = _left_pad(seqs, pad_id, device)
@@ -134,8 +136,8 @@ def _second_pass(model, prompts, generations, acc: _Accumulator, config: Generat
             acc._prompt_pass = False
             acc._weights = weights
             acc._batch_counts += weights.sum(dim=1).double()
-            hf(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-               use_cache=False, logits_to_keep=1)
+            forward(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=False, logits_to_keep=1)
             acc.end_batch()
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lens_steer.fastpath import fast_forward  # fast path: HF layers while only residual hooks are active
 from lens_steer.inject import new_sequence
 from lens_steer.models import hf_model, stop_token_ids
 
@@ -134,6 +135,7 @@ def _generate_batch(model, prompts, cfg, stop_ids, gen, observer, rows) -> list[
     from transformers import DynamicCache
 
     hf = hf_model(model)
+    forward = fast_forward(model)  # fast path (lens_steer.fastpath); falls back to hf itself
     device = next(hf.parameters()).device
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else stop_ids[0]
     ids, mask = _left_pad(prompts, pad_id, device)
@@ -145,7 +147,7 @@ def _generate_batch(model, prompts, cfg, stop_ids, gen, observer, rows) -> list[
         observer.before_forward(mask.to(torch.float32))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache() if cfg.use_cache else None
-    logits = _forward(hf, ids, mask, positions, cache)
+    logits = _forward(forward, ids, mask, positions, cache)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, content = [], []
     seq_ids, seq_mask = ids, mask
@@ -165,10 +167,10 @@ def _generate_batch(model, prompts, cfg, stop_ids, gen, observer, rows) -> list[
         if observer is not None:
             observer.before_forward(is_content.to(torch.float32)[:, None])
         if cfg.use_cache:
-            logits = _forward(hf, nxt[:, None], seq_mask, last_pos[:, None], cache)
+            logits = _forward(forward, nxt[:, None], seq_mask, last_pos[:, None], cache)
         else:
             seq_ids = torch.cat([seq_ids, nxt[:, None]], dim=1)
-            logits = _forward(hf, seq_ids, seq_mask, (seq_mask.cumsum(-1) - 1).clamp(min=0), None)
+            logits = _forward(forward, seq_ids, seq_mask, (seq_mask.cumsum(-1) - 1).clamp(min=0), None)
         if last_step:
             break
     if observer is not None:
