@@ -15,8 +15,10 @@ from lens_steer.analysis import (
     random_direction_control,
     split_half_stability,
 )
+from lens_steer.analysis.trace import AblationCondition, AblationResult, TraceResult
 from lens_steer.plotting import (
     TEMPLATE,
+    plot_ablation,
     plot_explained_variance,
     plot_layer_cosine,
     plot_logit_lens,
@@ -25,6 +27,7 @@ from lens_steer.plotting import (
     plot_source_cosine,
     plot_split_half,
     plot_sweep_heatmap,
+    plot_trace,
 )
 
 N_Q, N_LAYERS, D = 12, 3, 8
@@ -110,6 +113,16 @@ def test_plot_logit_lens_with_and_without_control(per_q) -> None:
     assert [a.text for a in fig2.layout.annotations] == ["CoT direction", "random control"]
 
 
+def test_logit_lens_tokens_have_no_control_characters() -> None:
+    dirs = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    W_U = torch.randn(4, 5, generator=torch.Generator().manual_seed(1))
+    vocab = ["\f", "a\x00", "\x7f", " <b>", "\x85"]
+    fig = plot_logit_lens(direction_logit_lens(dirs, W_U, k=5, decode=vocab))
+    cells = [t for row in fig.data[0].text for t in row]
+    assert sorted(set(cells)) == sorted({"␌", "a␀", "␡", "␣&lt;b&gt;", "\\x85"})
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for t in cells for c in t)
+
+
 def test_plot_projection_trace() -> None:
     fig = plot_projection_trace(
         ["a", " b", "c"], torch.tensor([0.0, 1.0, 2.0]), ["x"], torch.tensor([5.0])
@@ -130,6 +143,53 @@ def test_plot_sweep_heatmap() -> None:
     assert fig.data[0].colorbar.title.text == "accuracy"
     with pytest.raises(ValueError):
         plot_sweep_heatmap([4], [1.0], values, "accuracy")
+
+
+def _trace(style: str, n_prompt: int, n_resp: int) -> TraceResult:
+    n = n_prompt + n_resp
+    return TraceResult(question="q", style=style, layer=3, token_ids=list(range(n)),
+                       tokens=[f"t{i}" for i in range(n)], projections=torch.arange(n, dtype=torch.float32),
+                       n_prompt=n_prompt, response="r", stopped=True)
+
+
+def test_plot_trace_aligns_at_response_start() -> None:
+    cot, direct = _trace("cot", 5, 4), _trace("direct", 3, 2)
+    fig = plot_trace([cot, direct])
+    assert _types(fig) == ["scatter", "scatter"]
+    assert [t.name for t in fig.data] == ["cot prompt (4 tokens)", "direct prompt (2 tokens)"]
+    assert list(fig.data[0].x) == list(range(-5, 4)) and list(fig.data[1].x) == list(range(-3, 2))
+    assert list(fig.data[0].y) == list(range(9))
+    assert "layer 3" in fig.layout.title.text
+    short = plot_trace([cot, direct], labels=["a", "b"], prompt_tokens=2)
+    assert list(short.data[0].x) == list(range(-2, 4)) and list(short.data[0].y) == list(range(3, 9))
+    assert list(short.data[0].customdata) == [f"t{i}" for i in range(3, 9)]
+    assert list(plot_trace([cot], prompt_tokens=0).data[0].x) == list(range(0, 4))
+    with pytest.raises(ValueError):
+        plot_trace([cot], labels=["a", "b"])
+    with pytest.raises(ValueError):
+        plot_trace([])
+
+
+def test_plot_ablation() -> None:
+    def cond(name, n_tokens, cot):
+        return AblationCondition(name, ["r"] * len(n_tokens), n_tokens, cot, [True] * len(n_tokens),
+                                 [name == "ablated", False])
+
+    res = AblationResult(
+        layers=list(range(30)), question_ids=["a", "b"], questions=["qa", "qb"],
+        conditions={"baseline": cond("baseline", [100, 80], [True, True]),
+                    "ablated": cond("ablated", [10, 20], [False, False]),
+                    "random": cond("random", [90, 80], [True, False])},
+        max_new_tokens=128, control_seed=0,
+    )
+    fig = plot_ablation(res)
+    assert _types(fig) == ["bar", "bar", "bar"]
+    assert list(fig.data[0].x) == ["baseline", "ablated", "random"]
+    assert list(fig.data[0].y) == [90.0, 15.0, 85.0]
+    assert list(fig.data[1].y) == [1.0, 0.0, 0.5]
+    assert list(fig.data[2].y) == [0.0, 0.5, 0.0]
+    assert list(fig.data[0].error_y.array) == pytest.approx([10.0, 5.0, 5.0])
+    assert "layers 0–29" in fig.layout.title.text and "n=2" in fig.layout.title.text
 
 
 def test_plotting_writes_no_files(tmp_path, monkeypatch, per_q) -> None:
