@@ -233,7 +233,9 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
                    help="number of questions answered with and without the direction (0 skips the ablation)")
     p.add_argument("--ablation-file", type=Path, default=None,
                    help="JSONL questions for the ablation (default: the 28 packaged demo questions, not in the paper corpus)")
-    p.add_argument("--ablation-layers", default="all", help="'all' or comma-separated layers to project the direction out at")
+    p.add_argument("--ablation-layers", action="append", default=None, metavar="all|L[,L...]",
+                   help="layers to project the direction out at, 'all' or comma-separated; repeat for one ablation "
+                        "figure each (default: 'all' and the analysis layer)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="generation limit of the trace and the ablation")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--top-k", type=int, default=10, help="logit-lens tokens per layer and end")
@@ -247,7 +249,7 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _figures_command(args, model_name: str, layer: int, trace_question: str) -> str:
+def _figures_command(args, model_name: str, layer: int, trace_question: str, ablation_sets: list[str]) -> str:
     """The effective command line, every option explicit, for the README."""
     import shlex
 
@@ -256,7 +258,9 @@ def _figures_command(args, model_name: str, layer: int, trace_question: str) -> 
             "--ablation-questions", str(args.ablation_questions)]
     if args.ablation_file is not None:
         argv += ["--ablation-file", str(args.ablation_file)]
-    argv += ["--ablation-layers", args.ablation_layers, "--max-new-tokens", str(args.max_new_tokens),
+    for spec in ablation_sets:
+        argv += ["--ablation-layers", spec]
+    argv += ["--max-new-tokens", str(args.max_new_tokens),
              "--batch-size", str(args.batch_size), "--top-k", str(args.top_k), "--n-splits", str(args.n_splits),
              "--seed", str(args.seed), "--png" if args.png else "--no-png", "--plotlyjs", args.plotlyjs]
     if args.device != "cpu" or args.dtype != "float32":
@@ -285,7 +289,9 @@ def _figures(args) -> int:
     trace_question = args.trace_question
     if trace_question is None:
         trace_question = load_questions_jsonl(demo_questions_path("heldout"))[0].question
-    layers = None if args.ablation_layers.strip() == "all" else [int(x) for x in args.ablation_layers.split(",") if x.strip()]
+    ablation_sets = args.ablation_layers or ["all", str(layer)]
+    ablation_layers = [None if spec.strip() == "all" else [check_layer(model, int(x)) for x in spec.split(",") if x.strip()]
+                       for spec in ablation_sets]
     questions = []
     if args.ablation_questions > 0:
         pool = (load_questions_jsonl(args.ablation_file) if args.ablation_file is not None else
@@ -295,19 +301,19 @@ def _figures(args) -> int:
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     start = time.perf_counter()
     paper = paper_figures(model, vector, layer, trace_question=trace_question or None, ablation_questions=questions,
-                          ablation_layers=layers, generation=generation, template=template, k=args.top_k,
+                          ablation_layers=ablation_layers, generation=generation, template=template, k=args.top_k,
                           seed=args.seed, n_splits=args.n_splits, progress=not args.no_progress)
     meta = vector.metadata
     info = {"directory": str(args.vector), "model": meta.model_id, "fingerprint": meta.model_fingerprint,
             "layers x d_model": f"{meta.n_layers} x {meta.d_model}", "questions": len(meta.question_ids),
             "corpus sha256": meta.corpus_hash, "positions": meta.positions, "created": meta.created,
             "generation": json.dumps(meta.generation)}
-    command = _figures_command(args, model_name, layer, trace_question)
+    command = _figures_command(args, model_name, layer, trace_question, ablation_sets)
     report = write_paper_figures(paper, args.out, command=command, vector_info=info, png=args.png,
                                  plotlyjs=args.plotlyjs)
     print(f"wrote {len(report.html)} HTML and {len(report.png)} PNG figures to {args.out} "
           f"in {time.perf_counter() - start:.1f} s")
-    if args.png and not report.png:
+    if args.png and len(report.png) < len(report.html):
         print(f"lens-steer figures: {report.png_message} (HTML written)", file=sys.stderr)
     for name, reason in paper.skipped.items():
         print(f"lens-steer figures: skipped {name}: {reason}", file=sys.stderr)
@@ -410,6 +416,7 @@ def _run_evaluation(args, command: str, model, vector, examples, names, conditio
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     completed = False
+    previous = _interrupt_on_sigterm()
     try:
         evaluate(model, examples, conditions, _generation_config(args), vector, template=_template(args), done=done,
                  on_rows=lambda rows: (append_items(args.out / ITEMS_FILE, rows), added.extend(rows)),
@@ -419,6 +426,7 @@ def _run_evaluation(args, command: str, model, vector, examples, names, conditio
         print(f"lens-steer {command}: interrupted after {len(added)} new rows; run the same command again to resume",
               file=sys.stderr)
     finally:
+        _restore_sigterm(previous)
         record_invocation(args.out, {
             "started": started, "argv": sys.argv[1:], "device": str(args.device), "torch_threads": torch.get_num_threads(),
             "load_seconds": round(load_seconds, 2), "eval_seconds": round(time.perf_counter() - start, 2),
@@ -433,6 +441,28 @@ def _run_evaluation(args, command: str, model, vector, examples, names, conditio
     write_summary(args.out, summary, **extra)
     print(format_table(summary))
     return (0 if completed else 130), summary
+
+
+def _interrupt_on_sigterm():
+    """Make SIGTERM raise KeyboardInterrupt (a background job ignores SIGINT), so `kill PID` stops a
+    run between chunks' writes as cleanly as Ctrl-C. Returns the previous handler (None off the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _load_with_vector(args):
@@ -496,6 +526,8 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
         grid.add_argument(f"--{flag}", default=None, type=lambda s: _csv(s, float))
     p.add_argument("--baselines", default="direct", help="unsteered conditions run too (comma list; '' for none)")
     p.add_argument("--heatmaps", type=Path, default=None, help="heatmap directory (default: OUT/heatmaps)")
+    p.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write PNG heatmaps (needs kaleido>=1 and Chrome; skipped with a message if missing)")
     _add_results_args(p)
 
 
@@ -531,19 +563,20 @@ def _sweep(args) -> int:
     conditions += sweep_conditions(vector, _csv(args.layers, int), args.modes, coeffs=coeffs, scales=scales)
     examples, bench_names = _load_examples(args)
     code, summary = _run_evaluation(args, "sweep", model, vector, examples, bench_names, conditions, load_seconds)
-    paths = _save_heatmaps(summary, args.heatmaps or args.out / "heatmaps", {m: ("coeff" if m in coeffs else "scale")
-                                                                            for m in args.modes})
+    axes = {m: ("coeff" if m in coeffs else "scale") for m in args.modes}
+    paths = _save_heatmaps(summary, args.heatmaps or args.out / "heatmaps", axes, png=args.png)
     print(f"wrote {len(paths)} heatmap files to {args.heatmaps or args.out / 'heatmaps'}", file=sys.stderr)
     return code
 
 
-def _save_heatmaps(summary, out: Path, axes: dict) -> list[Path]:
-    """Write accuracy and CoT-style heatmaps (HTML; PNG too when kaleido and Chrome work) per benchmark and mode."""
+def _save_heatmaps(summary, out: Path, axes: dict, png: bool = True) -> list[Path]:
+    """Write accuracy and CoT-style heatmaps per benchmark and mode as HTML, and as PNG when ``png`` and
+    kaleido with Chrome work (one browser session; a failure prints one line and keeps the HTML)."""
     from lens_steer.evaluate import sweep_grid
     from lens_steer.plotting import plot_sweep_heatmap
 
     out.mkdir(parents=True, exist_ok=True)
-    written, png_ok = [], True
+    written, figs = [], []
     benchmarks = sorted({s["benchmark"] for s in summary if s["mode"] is not None})
     for bench in benchmarks:
         for mode, axis in axes.items():
@@ -553,16 +586,23 @@ def _save_heatmaps(summary, out: Path, axes: dict) -> list[Path]:
                     continue
                 fig = plot_sweep_heatmap(layers, cols, grid, label, title=f"{label}, steered-{mode}, {bench}")
                 fig.update_xaxes(title="scale (x mean residual norm)" if axis == "scale" else "coefficient")
+                fig.update_traces(zmin=0.0, zmax=1.0)  # rates: one colour scale for every heatmap
                 stem = out / f"{bench.replace(':', '_')}-{mode}-{metric}"
                 fig.write_html(stem.with_suffix(".html"), include_plotlyjs="cdn")
                 written.append(stem.with_suffix(".html"))
-                if png_ok:
-                    try:
-                        fig.write_image(stem.with_suffix(".png"), scale=2)
-                        written.append(stem.with_suffix(".png"))
-                    except Exception as exc:  # kaleido or Chrome missing: HTML is enough
-                        png_ok = False
-                        print(f"lens-steer sweep: PNG heatmaps skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+                figs.append((fig, stem.with_suffix(".png")))
+    if png and figs:
+        import plotly.io as pio
+
+        try:
+            if hasattr(pio, "write_images"):
+                pio.write_images([f for f, _ in figs], [p for _, p in figs])
+            else:  # pragma: no cover - older plotly
+                for f, p in figs:
+                    f.write_image(p)
+            written += [p for _, p in figs]
+        except Exception as exc:  # kaleido or Chrome missing: the HTML is enough
+            print(f"lens-steer sweep: PNG heatmaps skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
     return written
 
 
@@ -573,6 +613,8 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--copy-summaries", type=Path, default=None,
                    help="also copy summary.json and run.json of each run here (e.g. docs/results), cited in the doc")
     p.add_argument("--title", default=None)
+    p.add_argument("--note", action="append", default=[],
+                   help="a paragraph for the document's Notes section (repeatable; kept in the recorded command)")
 
 
 def _read_run(path: Path) -> tuple[dict, list]:
@@ -626,11 +668,22 @@ def _report(args) -> int:
         sweep_summary=sweep_summary["summary"] if sweep_summary else None,
         sweep_best=sweep_summary.get("best") if sweep_summary else None, heatmaps=heatmaps, sources=sources,
         command=shlex.join(["lens-steer", "report", *_report_argv(args)]),
-        title=args.title)
+        title=args.title, notes=args.note, vector_config=_vector_config(eval_run))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"wrote {args.out}")
     return 0
+
+
+def _vector_config(run: dict) -> dict | None:
+    """The metadata of the run's steering vector, when its directory is still there."""
+    from lens_steer.vectors import CONFIG_FILE
+
+    vec = run.get("settings", {}).get("vector") or {}
+    path = Path(vec.get("path", "")) / CONFIG_FILE
+    if not vec or not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("metadata")
 
 
 def _report_argv(args) -> list[str]:
@@ -642,6 +695,8 @@ def _report_argv(args) -> list[str]:
         argv += ["--copy-summaries", str(args.copy_summaries)]
     if args.title:
         argv += ["--title", args.title]
+    for note in args.note:
+        argv += ["--note", note]
     return argv
 
 
