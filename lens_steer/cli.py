@@ -413,24 +413,34 @@ def _run_evaluation(args, command: str, model, vector, examples, names, conditio
     print(f"{len(examples)} items x {len(conditions)} conditions: {len(wanted & done)} of {len(wanted)} already in "
           f"{args.out}", file=sys.stderr)
     added = []
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
+
+    def invocation(completed: bool) -> dict:
+        return {"eval_seconds": round(time.perf_counter() - start, 2), "new_rows": len(added), "completed": completed}
+
+    index = record_invocation(args.out, {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv[1:],
+        "device": str(args.device), "torch_threads": torch.get_num_threads(), "load_seconds": round(load_seconds, 2),
+        **invocation(False)}, conditions)
+
+    def on_rows(rows):
+        append_items(args.out / ITEMS_FILE, rows)
+        added.extend(rows)
+        record_invocation(args.out, invocation(False), index=index)
+
     completed = False
     previous = _interrupt_on_sigterm()
     try:
         evaluate(model, examples, conditions, _generation_config(args), vector, template=_template(args), done=done,
-                 on_rows=lambda rows: (append_items(args.out / ITEMS_FILE, rows), added.extend(rows)),
-                 chunk_size=args.chunk_size, allow_other_model=args.allow_other_model, progress=not args.no_progress)
+                 on_rows=on_rows, chunk_size=args.chunk_size, allow_other_model=args.allow_other_model,
+                 progress=not args.no_progress)
         completed = True
     except KeyboardInterrupt:
         print(f"lens-steer {command}: interrupted after {len(added)} new rows; run the same command again to resume",
               file=sys.stderr)
     finally:
         _restore_sigterm(previous)
-        record_invocation(args.out, {
-            "started": started, "argv": sys.argv[1:], "device": str(args.device), "torch_threads": torch.get_num_threads(),
-            "load_seconds": round(load_seconds, 2), "eval_seconds": round(time.perf_counter() - start, 2),
-            "new_rows": len(added), "completed": completed}, conditions)
+        record_invocation(args.out, invocation(completed), index=index)
     summary = summarise(read_items(args.out / ITEMS_FILE))
     extra = {"complete": completed, "bootstrap": {"n_boot": 2000, "seed": 0}}
     if command == "sweep":

@@ -610,18 +610,27 @@ def append_items(path: str | os.PathLike[str], rows: Sequence[Mapping]) -> None:
 
 
 def record_invocation(
-    out: str | os.PathLike[str], invocation: Mapping, conditions: Sequence[Condition] = ()
-) -> None:
-    """Append one invocation (start time, seconds, rows added, completed, ...) to ``run.json``.
+    out: str | os.PathLike[str], invocation: Mapping, conditions: Sequence[Condition] = (), index: int | None = None
+) -> int:
+    """Append one invocation (start time, seconds, rows added, completed, ...) to ``run.json``, or update
+    the one at ``index`` in place. Returns its index.
 
+    The CLI records an invocation when it starts and updates it after every chunk, so a run killed
+    outright (SIGKILL, a machine restart) still leaves its time and rows in ``run.json``.
     ``conditions`` are merged (by key) into the run's ``conditions`` list.
     """
     run_file = Path(out) / RUN_FILE
     run = json.loads(run_file.read_text())
-    run.setdefault("invocations", []).append(dict(invocation))
+    invocations = run.setdefault("invocations", [])
+    if index is None:
+        invocations.append(dict(invocation))
+        index = len(invocations) - 1
+    else:
+        invocations[index] = {**invocations[index], **invocation}
     known = {c["key"] for c in run.setdefault("conditions", [])}
     run["conditions"] += [c.to_dict() for c in conditions if c.key not in known]
     _write_json(run_file, run)
+    return index
 
 
 def write_summary(out: str | os.PathLike[str], summary: Sequence[Mapping], **extra) -> Path:

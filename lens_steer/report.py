@@ -92,10 +92,12 @@ def _wall(run: Mapping, summary: Sequence[Mapping]) -> list[str]:
     gen = sum(s["gen_seconds"] for s in rows)
     n_items = sum(s["n"] for s in rows)
     tokens = sum(s["mean_tokens"] * s["n"] for s in rows)
+    stopped = sum(not i.get("completed") for i in inv[:-1])
     devices = sorted({f"{i.get('device', '?')} ({i.get('torch_threads', '?')} threads)" for i in inv})
     lines = [
         f"- Wall time of the evaluation: **{_duration(total)}** over {len(inv)} invocation(s) "
-        f"({'completed' if inv and inv[-1].get('completed') else 'NOT completed'}), plus {_duration(load)} loading.",
+        f"({'completed' if inv and inv[-1].get('completed') else 'NOT completed'}"
+        f"{f'; {stopped} stopped early and resumed' if stopped else ''}), plus {_duration(load)} loading.",
         f"- Generation: {n_items} responses, {int(tokens)} generated tokens in {_duration(gen)} "
         f"({tokens / gen:.0f} tokens/s batched)" if gen > 0 else "- Generation time: not recorded.",
         f"- Hardware: {', '.join(devices) or 'unknown'}; the machine was shared with other jobs, so times are indicative.",

@@ -371,18 +371,22 @@ def test_sigterm_stops_cleanly(tiny_dir, vector_dir, tmp_path, monkeypatch):
     import os
     import signal
 
-    real, calls = ev.generate, []
+    real, calls, snapshots = ev.generate, [], []
+    out = tmp_path / "eval"
 
     def terminating(model, prompts, config, **kw):
         calls.append(len(prompts))
         if len(calls) == 2:
+            # what a run killed outright here (SIGKILL, a restart) would leave behind
+            snapshots.append(json.loads((out / "run.json").read_text()))
             os.kill(os.getpid(), signal.SIGTERM)
         return real(model, prompts, config, **kw)
 
     before = signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(ev, "generate", terminating)
-    out = tmp_path / "eval"
     assert main(_eval_argv(tiny_dir, vector_dir, out)) == 130
+    (killed,) = snapshots[0]["invocations"]
+    assert killed["completed"] is False and killed["new_rows"] == calls[0] and killed["eval_seconds"] > 0
     assert signal.getsignal(signal.SIGTERM) is before
     run = json.loads((out / "run.json").read_text())
     assert run["invocations"][-1]["completed"] is False
