@@ -8,8 +8,8 @@ lens_steer's default ``max_batch_tokens``), the same KV-cached greedy loop and P
 questions of mean(CoT) - mean(direct). Implementations measured side by side, each run in
 its own subprocess (fresh model, peak RSS of that run only), alternating order:
 
-* ``lens``        derive_cot_vector on the bridge (fast path on, eager attention: the default)
-* ``lens_sdpa``   the same with ``LENS_STEER_FAST_PATH=sdpa`` (fast path with HF's SDPA kernel)
+* ``lens``        derive_cot_vector on the bridge (the default: fast path on, HF's SDPA kernel)
+* ``lens_eager``  the same with ``LENS_STEER_FAST_PATH=eager`` (fast path with the bridge's eager math)
 * ``lens_bridge`` the same with ``LENS_STEER_FAST_PATH=0`` (every pass through the bridge's components)
 * ``plain``       the baseline, HF's default attention (sdpa)
 * ``plain_eager`` the baseline with eager attention (the attention math the bridge uses)
@@ -45,9 +45,9 @@ from common import (  # noqa: E402
     timed,
 )
 
-IMPLS = ("lens", "lens_sdpa", "lens_bridge", "plain", "plain_eager")
-ENV = {"lens_bridge": {"LENS_STEER_FAST_PATH": "0"}, "lens_sdpa": {"LENS_STEER_FAST_PATH": "sdpa"},
-       "lens": {"LENS_STEER_FAST_PATH": "1"}}
+IMPLS = ("lens", "lens_eager", "lens_bridge", "plain", "plain_eager")
+ENV = {"lens_bridge": {"LENS_STEER_FAST_PATH": "0"}, "lens_eager": {"LENS_STEER_FAST_PATH": "eager"},
+       "lens": {"LENS_STEER_FAST_PATH": ""}}
 
 
 # --------------------------------------------------------------------------- baseline
@@ -165,11 +165,11 @@ def worker(spec: dict) -> dict:
         from lens_steer.models import load_model
 
         model = load_model()
-        if impl in ("lens", "lens_sdpa"):
+        if impl in ("lens", "lens_eager"):
             from lens_steer.fastpath import fast_path_attention, fast_path_status
 
             assert fast_path_status(model) is None, fast_path_status(model)
-            assert fast_path_attention(model) == ("sdpa" if impl == "lens_sdpa" else "eager")
+            assert fast_path_attention(model) == ("eager" if impl == "lens_eager" else "sdpa")
 
         def run(q, tokens):
             vec = derive_cot_vector(model, q, generation=GenerationConfig(max_new_tokens=tokens, batch_size=bs),
@@ -247,7 +247,8 @@ def _compare(out_dir: str, n: int, t: int, impls: list[str], results: list[dict]
         path = Path(out_dir) / f"{impl}-{n}-{t}.pt"
         if path.exists():
             saved[impl] = torch.load(path)
-    for a, b in (("lens", "lens_bridge"), ("lens", "plain_eager"), ("lens_sdpa", "plain"), ("lens", "plain")):
+    for a, b in (("lens_eager", "lens_bridge"), ("lens_eager", "plain_eager"), ("lens", "plain"),
+                 ("lens", "lens_bridge")):
         if a in saved and b in saved:
             va, vb = saved[a]["v"], saved[b]["v"]
             same = sum(x == y for x, y in zip(saved[a]["texts"], saved[b]["texts"]))

@@ -10,8 +10,9 @@ a PCA per layer (the PCA of 2 x pairs rows of width 576 takes milliseconds).
 Implementations, side by side in one process, alternating order, median over repeats:
 
 * ``lens fast``        ``hooks.attach`` on ``blocks.{l}.hook_resid_post`` + ``fastpath.fast_forward`` (as ``collect``'s
-                       two-pass reader; fast path, eager attention; batches sorted by length, left padding)
-* ``lens fast sdpa``   the same with the SDPA kernel
+                       two-pass reader; fast path, SDPA kernel (the default); batches sorted by length,
+                       left padding)
+* ``lens fast eager``  the same with eager attention (the bridge's math)
 * ``lens bridge``      the same on the bridge path (fast path off)
 * ``lens run_with_cache``  ``model.run_with_cache(names_filter=resid_post names)``, same batches
 * ``steering-vectors`` ``train_steering_vector(..., aggregator=mean_aggregator(), read_token_index=-1)`` on an unwrapped HF model
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     bs = args.batch_size
     print(f"  {len(texts)} texts, {n_tokens} tokens, batch size {bs}")
 
-    def lens_hooks(enabled: bool, attention: str = "eager"):
+    def lens_hooks(enabled: bool, attention: str = "sdpa"):
         def run():
             set_fast_path(model, enabled, attention=attention)
             last = torch.zeros(len(ids), n_layers, model.cfg.d_model)
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
                         forward(input_ids=batch_ids, attention_mask=mask,
                                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False, logits_to_keep=1)
             finally:
-                set_fast_path(model, True, attention="eager")
+                set_fast_path(model, True, attention="sdpa")
             half = len(qs)
             return last[:half].mean(0) - last[half:].mean(0)
         return run
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         half = len(qs)
         return last[:half].mean(0) - last[half:].mean(0)
 
-    impls = {"lens fast": lens_hooks(True), "lens fast sdpa": lens_hooks(True, "sdpa"),
+    impls = {"lens fast": lens_hooks(True), "lens fast eager": lens_hooks(True, "eager"),
              "lens bridge": lens_hooks(False), "lens run_with_cache": lens_run_with_cache}
     if steering_vectors is not None:
         def sv():

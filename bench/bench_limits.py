@@ -8,7 +8,7 @@ Roofline per decode step at batch B and context C (fp32):
 N_matmul counts the weights every step multiplies (all but the embedding lookup; the tied
 unembedding is read once for the last position). The measured rates are taken side by
 side in this run at the same context: plain HF (sdpa), plain HF (eager), lens_steer's
-fast path (eager, default), fast path with SDPA, and the bridge path.
+fast path (SDPA, the default), fast path with eager attention, and the bridge path.
 
 Usage::
 

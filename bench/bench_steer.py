@@ -4,8 +4,8 @@ One process, one model; the conditions run interleaved (ABC CBA ...) and every n
 reported as the median and the best of the repeats. Throughput is split with a forward pre-hook and hook on the HF
 model (outside the blocks, so the fast path still applies): *decode tok/s* counts rows x
 KV-cached steps over the time from the first decode step to the end of the batch;
-*prefill s* is the prompt pass. Each condition is run on the fast path (eager, the
-default), the fast path with SDPA, and the bridge path (fast path off).
+*prefill s* is the prompt pass. Each condition is run on the fast path (SDPA, the
+default), the fast path with eager attention, and the bridge path (fast path off).
 
 Usage::
 
@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Table, load_line, machine, median, questions, set_threads  # noqa: E402
 
-PATHS = {"fast": ("eager", True), "fast_sdpa": ("sdpa", True), "bridge": ("eager", False)}
+PATHS = {"fast": ("sdpa", True), "fast_eager": ("eager", True), "bridge": ("sdpa", False)}
 MODES = ("unsteered", "continuous", "single")
 
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
                         wall = time.perf_counter() - t0
                 finally:
                     handle.remove()
-                    set_fast_path(model, True, attention="eager")
+                    set_fast_path(model, True, attention="sdpa")
                 return {"batch": batch, "path": path, "mode": mode, "wall": wall, "fast": status is None,
                         "content_tokens": sum(len(g.response_ids) for g in gens), **clock.summary()}
 

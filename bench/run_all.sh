@@ -12,7 +12,7 @@ quiet() { grep --line-buffered -v -i -E "warning|it/s\]|Loading weights"; }
 $PY bench/bench_limits.py --json "$OUT/limits.json" 2>&1 | quiet | tee "$OUT/limits.log"
 $PY bench/bench_steer.py --json "$OUT/steer.json" 2>&1 | quiet | tee "$OUT/steer.log"
 $PY bench/bench_derive.py --n 16 --tokens 64 --sweep "" --json "$OUT/derive_n16.json" 2>&1 | tee "$OUT/derive_n16.log"
-$PY bench/bench_derive.py --n 64 256 --tokens 64 --tokens-256 16 --sweep "" --impls lens,lens_sdpa,plain \
+$PY bench/bench_derive.py --n 64 256 --tokens 64 --tokens-256 16 --sweep "" --impls lens,lens_eager,plain \
     --json "$OUT/derive_n64_256.json" 2>&1 | tee "$OUT/derive_n64_256.log"
 if [ -x "$BENCH_VENV/bin/python" ]; then
     PYTHONPATH=. "$BENCH_VENV/bin/python" bench/bench_extract.py --pairs 24 --json "$OUT/extract.json" 2>&1 \
@@ -20,5 +20,5 @@ if [ -x "$BENCH_VENV/bin/python" ]; then
 else
     echo "bench venv $BENCH_VENV missing: run bench/setup_bench_venv.sh for bench_extract.py" | tee "$OUT/extract.log"
 fi
-$PY bench/bench_derive.py --n 16 --sweep 16,128 --skip-main --impls lens,lens_sdpa,plain \
+$PY bench/bench_derive.py --n 16 --sweep 16,128 --skip-main --impls lens,lens_eager,plain \
     --json "$OUT/derive_sweep.json" 2>&1 | tee "$OUT/derive_sweep.log"

@@ -405,6 +405,7 @@ def _run_evaluation(args, command: str, model, vector, examples, names, conditio
     from lens_steer.evaluate import (
         ITEMS_FILE, append_items, evaluate, open_results_dir, read_items, record_invocation, summarise, write_summary,
     )
+    from lens_steer.fastpath import attention_kernel
     from lens_steer.report import format_table
 
     settings = _run_settings(args, command, model, vector, examples, names)
@@ -420,7 +421,8 @@ def _run_evaluation(args, command: str, model, vector, examples, names, conditio
 
     index = record_invocation(args.out, {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv[1:],
-        "device": str(args.device), "torch_threads": torch.get_num_threads(), "load_seconds": round(load_seconds, 2),
+        "device": str(args.device), "torch_threads": torch.get_num_threads(), "attention": attention_kernel(model),
+        "load_seconds": round(load_seconds, 2),
         **invocation(False)}, conditions)
 
     def on_rows(rows):

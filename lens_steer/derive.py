@@ -12,6 +12,7 @@ import torch
 
 from lens_steer import __version__
 from lens_steer.collect import Method, Positions, collect_residual_means
+from lens_steer.fastpath import attention_kernel
 from lens_steer.generate import GenerationConfig
 from lens_steer.models import describe
 from lens_steer.prompts import DEFAULT_TEMPLATE, PromptTemplate, encode_prompt
@@ -127,7 +128,7 @@ def derive_cot_vector(
         question_sources=[q.source for q in kept],
         questions=[q.text for q in kept],
         corpus_hash=questions_hash(kept),
-        generation=generation.to_dict(),
+        generation={**generation.to_dict(), "attention": attention_kernel(model)},
         package_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         skipped_ids=skipped,

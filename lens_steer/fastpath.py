@@ -13,13 +13,18 @@ bridge's own code, because the fast path is the same ``hf(...)`` call with the l
 swapped for the length of that one call (restored in ``finally``; not thread-safe, like
 hooks themselves).
 
-By default the rebuilt layers run HF's eager attention, the math the bridge uses, so both
-paths give bit-identical outputs on the architectures in :data:`VERIFIED_ARCHITECTURES`
-(tested on tiny random models of each); another architecture is checked once, on its
-first hook-free call, by comparing both paths, and keeps the bridge path if they differ.
-``set_fast_path(model, attention="sdpa")`` (or ``LENS_STEER_FAST_PATH=sdpa``) runs HF's
-SDPA kernel instead: faster on long prompts, equal to float rounding (it is what an
-unwrapped HF model runs by default). Anything else inside the blocks (a hook on any other
+By default the rebuilt layers run HF's SDPA kernel, what an unwrapped HF model runs by
+default: derivation then gives the same vectors, bit for bit, as a plain-transformers
+loop (``bench/bench_derive.py``), at its speed; against the bridge path (eager attention)
+outputs agree to float rounding. ``set_fast_path(model, attention="eager")`` (or
+``LENS_STEER_FAST_PATH=eager``) runs HF's eager attention instead, the math the bridge
+uses, so both paths give bit-identical outputs on the architectures in
+:data:`VERIFIED_ARCHITECTURES` (tested on tiny random models of each); eager costs about
+1.4x at batch 16 on CPU (it materialises the attention matrix). Models without SDPA
+support, or with attention-logit soft-capping (which SDPA cannot express), run eager.
+Another architecture is checked once, on its first hook-free call, by comparing both
+paths with the eager kernel, and keeps the bridge path if they differ.
+Anything else inside the blocks (a hook on any other
 point, a PyTorch hook, a global module hook, TransformerLens compatibility mode,
 attention-result/split-input flags, a non-eager bridge config) selects the bridge path for
 that call. :func:`fast_path_status` says which path the next call takes and why.
@@ -39,8 +44,8 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 FAST_PATH_ENV = "LENS_STEER_FAST_PATH"
-"""``0`` / ``off``: the bridge path everywhere (e.g. to compare the two); ``sdpa``: the fast path
-runs the SDPA kernel for models without a per-model :func:`set_fast_path` choice."""
+"""``0`` / ``off``: the bridge path everywhere (e.g. to compare the two); ``eager`` / ``sdpa``: the
+kernel the fast path runs for models without a per-model :func:`set_fast_path` choice."""
 
 VERIFIED_ARCHITECTURES: frozenset[str] = frozenset(
     {
@@ -323,14 +328,15 @@ def _disabled_by_env() -> bool:
 
 
 def fast_path_attention(model) -> str:
-    """The attention kernel the fast path runs for ``model``: ``"eager"`` (default) or ``"sdpa"``.
+    """The attention kernel the fast path runs for ``model``: ``"sdpa"`` (default) or ``"eager"``.
 
-    Set per model with :func:`set_fast_path`; otherwise ``LENS_STEER_FAST_PATH=sdpa``
-    selects SDPA for every model.
+    Set per model with :func:`set_fast_path`; otherwise ``LENS_STEER_FAST_PATH=eager|sdpa``
+    chooses for every model. The default is SDPA where :func:`_sdpa_ok`, eager otherwise.
     """
     chosen = model.__dict__.get(_ATTENTION_KEY)
     if chosen is None:
-        chosen = "sdpa" if _env_setting() == "sdpa" else "eager"
+        env = _env_setting()
+        chosen = env if env in ATTENTION_KERNELS else ("sdpa" if _sdpa_ok(model.original_model) else "eager")
     return chosen
 
 
@@ -348,8 +354,11 @@ def _state(model) -> _FastPath | str:
 
 
 def _sdpa_ok(hf) -> bool:
-    """The model supports SDPA and its config is flat (switching the kernel touches no sub-config)."""
-    return bool(getattr(hf, "_supports_sdpa", False)) and not getattr(hf.config, "sub_configs", None)
+    """The model supports SDPA, its config is flat (switching the kernel touches no sub-config) and
+    its attention has no logit soft-capping (SDPA would silently drop it)."""
+    config = hf.config
+    return (bool(getattr(hf, "_supports_sdpa", False)) and not getattr(config, "sub_configs", None)
+            and getattr(config, "attn_logit_softcapping", None) is None)
 
 
 def set_fast_path(model, enabled: bool = True, *, attention: str | None = None) -> None:
@@ -358,10 +367,10 @@ def set_fast_path(model, enabled: bool = True, *, attention: str | None = None) 
     Args:
         model: A ``TransformerBridge``.
         enabled: Use the fast path when it applies.
-        attention: ``"eager"`` (the bridge's own attention math: outputs bit-identical to
-            the bridge path) or ``"sdpa"`` (HF's fused kernel: faster on long sequences,
-            outputs equal to float rounding, as HF's default model gives); ``None`` keeps
-            the current choice.
+        attention: ``"sdpa"`` (HF's fused kernel and default: faster, outputs equal to an
+            unwrapped HF model's, and to the bridge path's up to float rounding) or
+            ``"eager"`` (the bridge's own attention math: outputs bit-identical to the
+            bridge path); ``None`` keeps the current choice.
 
     Raises:
         ValueError: unknown kernel, or ``"sdpa"`` on a model class without SDPA support.
@@ -471,6 +480,15 @@ def _blocker(model, *, full: bool) -> str | None:
 def fast_path_status(model) -> str | None:
     """Why a forward call of ``model`` made now would take the bridge path, or ``None`` if fast."""
     return _blocker(model, full=True)
+
+
+def attention_kernel(model) -> str:
+    """The attention a hook-free forward of ``model`` runs now, for records: ``"sdpa"`` or
+    ``"eager"`` on the fast path, ``"eager (bridge path)"`` otherwise."""
+    if fast_path_status(model) is not None:
+        return "eager (bridge path)"
+    attention = fast_path_attention(model)
+    return attention if attention == "eager" or _sdpa_ok(model.original_model) else "eager"
 
 
 def fast_forward(model) -> Callable[..., Any]:

@@ -1,5 +1,6 @@
-"""The fast path (HF layers + routed residual hook points) is bit-identical to the bridge path,
-fires every residual hook, and gives way to the bridge path whenever any other hook is attached."""
+"""The fast path (HF layers + routed residual hook points) is bit-identical to the bridge path with
+the eager kernel, within rounding with the default SDPA one, fires every residual hook, and gives way
+to the bridge path whenever any other hook is attached."""
 
 import copy
 
@@ -18,6 +19,12 @@ from lens_steer.prompts import encode_prompt
 from conftest import make_tiny_bridge, make_tiny_hf, make_tiny_tokenizer
 
 QUESTIONS = ("What is 2+2?", "Name three colours of the rainbow, please.", "Why?", "Count to five.")
+
+
+@pytest.fixture(autouse=True)
+def eager_kernel(monkeypatch):
+    """Bit-identity with the bridge path holds for the eager kernel; tests of the default unset this."""
+    monkeypatch.setenv(fastpath.FAST_PATH_ENV, "eager")
 
 
 @pytest.fixture(scope="module")
@@ -320,6 +327,30 @@ def test_attention_setting_is_validated(tiny, monkeypatch):
     assert fastpath.fast_path_attention(tiny) == "eager"
     monkeypatch.setenv(fastpath.FAST_PATH_ENV, "sdpa")
     assert fastpath.fast_path_attention(tiny) == "sdpa" and fast_path_status(tiny) is None
+    monkeypatch.delenv(fastpath.FAST_PATH_ENV)
+    assert fastpath.fast_path_attention(tiny) == "sdpa" and fastpath.attention_kernel(tiny) == "sdpa"  # default
+    with fastpath.fast_path_options(tiny, attention="eager"):
+        assert fastpath.attention_kernel(tiny) == "eager"
+    with fast_path_disabled(tiny):
+        assert fastpath.attention_kernel(tiny) == "eager (bridge path)"
+
+
+def test_default_kernel_is_eager_where_sdpa_cannot_express_the_model(monkeypatch):
+    """Gemma 2 soft-caps attention logits, which SDPA would drop: its default stays eager."""
+    monkeypatch.delenv(fastpath.FAST_PATH_ENV)
+    model = _tiny_of("Gemma2ForCausalLM")
+    assert model.original_model.config.attn_logit_softcapping is not None
+    assert fastpath.fast_path_attention(model) == "eager"
+    with pytest.raises(ValueError, match="SDPA"):
+        set_fast_path(model, attention="sdpa")
+
+
+def test_default_sdpa_generates_like_the_bridge_path(tiny, prompts, monkeypatch):
+    monkeypatch.delenv(fastpath.FAST_PATH_ENV)
+    cfg = GenerationConfig(max_new_tokens=8, batch_size=3)
+    fast, slow = _both_paths(tiny, lambda: collect_residual_means(tiny, prompts, cfg, progress=False))
+    assert [g.response_ids for g in fast.generations] == [g.response_ids for g in slow.generations]
+    torch.testing.assert_close(fast.means, slow.means, rtol=1e-4, atol=1e-5)
 
 
 def test_hf_output_capture_hooks_keep_the_fast_path_and_outputs_take_the_bridge(batch):
