@@ -585,10 +585,12 @@ def _save_heatmaps(summary, out: Path, axes: dict, png: bool = True) -> list[Pat
     """Write accuracy and CoT-style heatmaps per benchmark and mode as HTML, and as PNG when ``png`` and
     kaleido with Chrome work (one browser session; a failure prints one line and keeps the HTML)."""
     from lens_steer.evaluate import sweep_grid
+    from lens_steer.figure_io import export_pngs, write_html
+    from lens_steer.figures import FigureSpec
     from lens_steer.plotting import plot_sweep_heatmap
 
     out.mkdir(parents=True, exist_ok=True)
-    written, figs = [], []
+    written, specs = [], []
     benchmarks = sorted({s["benchmark"] for s in summary if s["mode"] is not None})
     for bench in benchmarks:
         for mode, axis in axes.items():
@@ -596,25 +598,22 @@ def _save_heatmaps(summary, out: Path, axes: dict, png: bool = True) -> list[Pat
                 layers, cols, grid = sweep_grid(summary, mode, metric, benchmark=bench, axis=axis)
                 if not layers:
                     continue
-                fig = plot_sweep_heatmap(layers, cols, grid, label, title=f"{label}, steered-{mode}, {bench}")
+                title = f"{label}, steered-{mode}, {bench}"
+                fig = plot_sweep_heatmap(layers, cols, grid, label, title=title)
                 fig.update_xaxes(title="scale (x mean residual norm)" if axis == "scale" else "coefficient")
                 fig.update_traces(zmin=0.0, zmax=1.0)  # rates: one colour scale for every heatmap
-                stem = out / f"{bench.replace(':', '_')}-{mode}-{metric}"
-                fig.write_html(stem.with_suffix(".html"), include_plotlyjs="cdn")
-                written.append(stem.with_suffix(".html"))
-                figs.append((fig, stem.with_suffix(".png")))
-    if png and figs:
-        import plotly.io as pio
-
+                name = f"{bench.replace(':', '_')}-{mode}-{metric}"
+                written.append(write_html(fig, out / f"{name}.html", "cdn"))
+                specs.append(FigureSpec(name, title, title, fig, width=700, height=500))
+    if png and specs:
         try:
-            if hasattr(pio, "write_images"):
-                pio.write_images([f for f, _ in figs], [p for _, p in figs])
-            else:  # pragma: no cover - older plotly
-                for f, p in figs:
-                    f.write_image(p)
-            written += [p for _, p in figs]
-        except Exception as exc:  # kaleido or Chrome missing: the HTML is enough
-            print(f"lens-steer sweep: PNG heatmaps skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+            pngs, failed = export_pngs(specs, out)
+        except RuntimeError as exc:  # kaleido or Chrome missing: the HTML is enough
+            print(f"lens-steer sweep: PNG heatmaps skipped ({exc})", file=sys.stderr)
+        else:
+            written += pngs
+            if failed:
+                print(f"lens-steer sweep: PNG export failed for {', '.join(failed)}", file=sys.stderr)
     return written
 
 
