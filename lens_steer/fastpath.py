@@ -487,8 +487,18 @@ def attention_kernel(model) -> str:
     ``"eager"`` on the fast path, ``"eager (bridge path)"`` otherwise."""
     if fast_path_status(model) is not None:
         return "eager (bridge path)"
+    return _kernel_to_run(model)
+
+
+def _kernel_to_run(model, *, warn: bool = False) -> str:
+    """:func:`fast_path_attention`, with SDPA replaced by eager where :func:`_sdpa_ok` says no."""
     attention = fast_path_attention(model)
-    return attention if attention == "eager" or _sdpa_ok(model.original_model) else "eager"
+    if attention == "sdpa" and not _sdpa_ok(model.original_model):
+        if warn:
+            logger.warning("%s: SDPA is unsupported or the config has sub-configs; the fast path runs eager attention",
+                           type(model.original_model).__name__)
+        return "eager"
+    return attention
 
 
 def fast_forward(model) -> Callable[..., Any]:
@@ -510,11 +520,7 @@ def fast_forward(model) -> Callable[..., Any]:
         state = None
     else:
         state = model.__dict__[_STATE_KEY]
-    attention = fast_path_attention(model)
-    if attention == "sdpa" and not _sdpa_ok(hf):
-        logger.warning("%s: SDPA is unsupported or the config has sub-configs; the fast path runs eager attention",
-                       type(hf).__name__)
-        attention = "eager"
+    attention = _kernel_to_run(model, warn=True)
 
     def forward(*args, **kwargs):
         if state is None or _wants_outputs(hf, kwargs) or _blocker(model, full=False) is not None:
