@@ -160,13 +160,13 @@ def worker(spec: dict) -> dict:
             v, responses = plain_derive(hf, tok, q, tokens, bs)
             return v, [tok.decode(r, skip_special_tokens=True) for r in responses], sum(map(len, responses))
     else:
-        from lens_steer.derive import derive_cot_vector
-        from lens_steer.generate import GenerationConfig
+        from lens_steer.method.derive import derive_cot_vector
+        from lens_steer.config import GenerationConfig
         from lens_steer.models import load_model
 
         model = load_model()
         if impl in ("lens", "lens_eager"):
-            from lens_steer.fastpath import fast_path_attention, fast_path_status
+            from lens_steer.engines.api import fast_path_attention, fast_path_status
 
             assert fast_path_status(model) is None, fast_path_status(model)
             assert fast_path_attention(model) == ("eager" if impl == "lens_eager" else "sdpa")

@@ -9,7 +9,7 @@ a PCA per layer (the PCA of 2 x pairs rows of width 576 takes milliseconds).
 
 Implementations, side by side in one process, alternating order, median over repeats:
 
-* ``lens fast``        ``hooks.attach`` on ``blocks.{l}.hook_resid_post`` + ``fastpath.fast_forward`` (as ``collect``'s
+* ``lens fast``        ``hooks.attach`` on ``blocks.{l}.hook_resid_post`` + ``engines.api.fast_forward`` (as ``collect``'s
                        two-pass reader; fast path, SDPA kernel (the default); batches sorted by length,
                        left padding)
 * ``lens fast eager``  the same with eager attention (the bridge's math)
@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         np.float_ = np.float64
     import torch
 
-    from lens_steer.fastpath import fast_forward, set_fast_path
-    from lens_steer.generate import _left_pad, plan_batches
-    from lens_steer.hooks import attach
+    from lens_steer.engines.api import fast_forward, set_fast_path
+    from lens_steer.engines.bridge import left_pad as _left_pad, plan_batches
+    from lens_steer.engines.hooks import attach
     from lens_steer.models import load_hf, resid_post_name, wrap_model
     from lens_steer.prompts import render_prompt
 

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  threads={th}: " + ", ".join(f"{k} {v:.1f}" for k, v in kernels[th].items()), flush=True)
 
     set_threads(args.model_threads)
-    from lens_steer.fastpath import fast_forward, set_fast_path
+    from lens_steer.engines.api import fast_forward, set_fast_path
     from lens_steer.models import load_hf, wrap_model
 
     plain, tok = load_hf()

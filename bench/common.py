@@ -127,7 +127,7 @@ def questions(n: int, seed: int = 0) -> list:
     """``n`` questions of the paper corpus, a seeded sample (so every source is represented)."""
     import random
 
-    from lens_steer.corpus import paper_corpus
+    from lens_steer.data.corpus import paper_corpus
 
     corpus = paper_corpus(data_dir=DATA_DIR)
     if n > len(corpus):

@@ -9,9 +9,33 @@ from __future__ import annotations
 import json
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from lens_steer.models import EMBEDDED_MODEL
+from lens_steer.config import EMBEDDED_MODEL, GenerationConfig, default_layer, torch_dtype
+
+__all__ = ["DemoSettings", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Settings of the demo (``lens-steer demo``).
+
+    Attributes:
+        model / device / dtype: What to load. out: Output directory (vector and ``demo.json``).
+        max_new_tokens: Generation limit. layer: Steered layer (default: :func:`default_layer`).
+        scale: Steering size as a fraction of the residual norm (default 0.15 continuous, 0.4 single).
+        progress: Show progress bars.
+    """
+
+    model: str = EMBEDDED_MODEL
+    device: str = "cpu"
+    dtype: str = "float32"
+    out: Path = Path("runs/demo")
+    max_new_tokens: int = 128
+    layer: int | None = None
+    scale: float | None = None
+    progress: bool = True
 
 
 def _short(text: str, width: int = 100, lines: int = 4) -> str:
@@ -20,44 +44,44 @@ def _short(text: str, width: int = 100, lines: int = 4) -> str:
     return "\n".join("      " + w for w in wrapped[:lines]) + more
 
 
-def run_demo(args) -> int:
-    """Run the demo with CLI ``args`` (see ``lens-steer demo --help``). Returns 0."""
-    from lens_steer.cli import _dtype, demo_questions_path
-    from lens_steer.corpus import load_questions_jsonl
-    from lens_steer.derive import derive_cot_vector
-    from lens_steer.generate import GenerationConfig, generate
-    from lens_steer.inject import steer
-    from lens_steer.models import load_model, n_layers
+def run_demo(args: DemoSettings) -> int:
+    """Run the demo (see ``lens-steer demo --help``): derive, then compare answers. Returns 0."""
+    from lens_steer.data.corpus import demo_questions_path, load_questions_jsonl
+    from lens_steer.engines.api import as_engine
+    from lens_steer.engines.base import Steering
+    from lens_steer.method.derive import derive_cot_vector
+    from lens_steer.models import load_model
     from lens_steer.prompts import encode_prompt
 
     t0 = time.perf_counter()
-    model = load_model(args.model, device=args.device, dtype=_dtype(args.dtype))
+    model = load_model(args.model, device=args.device, dtype=torch_dtype(args.dtype))
+    engine = as_engine(model)
     t_load = time.perf_counter() - t0
     derive_qs = load_questions_jsonl(demo_questions_path("derive"))
     heldout = load_questions_jsonl(demo_questions_path("heldout"))
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=8)
-    progress = not args.no_progress
+    progress = args.progress
 
     t1 = time.perf_counter()
-    vector = derive_cot_vector(model, derive_qs, generation=cfg, progress=progress)
+    vector = derive_cot_vector(engine, derive_qs, generation=cfg, progress=progress)
     t_derive = time.perf_counter() - t1
     out = Path(args.out)
     vector.save(out / "vector")
     print(vector.summary())
     print(f"derived from {len(derive_qs)} questions in {t_derive:.1f} s; saved to {out / 'vector'}\n")
 
-    layer = args.layer if args.layer is not None else (15 if args.model == EMBEDDED_MODEL else n_layers(model) // 2)
+    layer = args.layer if args.layer is not None else default_layer(args.model, engine.info.n_layers)
     scales = {"continuous": args.scale or 0.15, "single": args.scale or 0.4}
     coeffs = {mode: vector.coeff_for_scale(layer, s) for mode, s in scales.items()}
-    tok = model.tokenizer
+    tok = engine.tokenizer
     direct = [encode_prompt(tok, q.question, "direct") for q in heldout]
     cot = [encode_prompt(tok, q.question, "cot") for q in heldout]
     t2 = time.perf_counter()
-    runs = {"direct": generate(model, direct, cfg, progress=progress, desc="direct"),
-            "cot": generate(model, cot, cfg, progress=progress, desc="cot")}
+    runs = {"direct": engine.generate(direct, cfg, progress=progress, desc="direct"),
+            "cot": engine.generate(cot, cfg, progress=progress, desc="cot")}
     for mode in ("continuous", "single"):
-        with steer(model, vector, layer=layer, coeff=coeffs[mode], mode=mode):
-            runs[f"steered-{mode}"] = generate(model, direct, cfg, progress=progress, desc=f"steered-{mode}")
+        runs[f"steered-{mode}"] = engine.generate(direct, cfg, steering=Steering(vector, layer, coeffs[mode], mode),
+                                                  progress=progress, desc=f"steered-{mode}")
     t_compare = time.perf_counter() - t2
 
     print(f"steering at layer {layer}: continuous c={coeffs['continuous']:.2f} "

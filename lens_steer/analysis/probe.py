@@ -31,7 +31,7 @@ class ProbeGrid:
         question_ids: Id of each question.
         questions: Text of each question.
         n_tokens: ``[layer, scale, question]`` response lengths.
-        cot_style: ``[layer, scale, question]`` :func:`lens_steer.scoring.is_cot_style`.
+        cot_style: ``[layer, scale, question]`` :func:`lens_steer.eval.scoring.is_cot_style`.
         responses: ``responses[layer][scale][question]`` decoded text.
         max_new_tokens: Generation limit.
     """
@@ -80,14 +80,14 @@ def probe_steering(
 
     Args:
         model: A ``TransformerBridge``.
-        vector: A :class:`~lens_steer.vectors.SteeringVector` (needed for ``relative``).
-        questions: Strings, dicts or records (see :func:`lens_steer.derive.as_questions`).
+        vector: A :class:`~lens_steer.method.vectors.SteeringVector` (needed for ``relative``).
+        questions: Strings, dicts or records (see :func:`lens_steer.data.questions.as_questions`).
         layers: Blocks to steer at.
         scales: Steering sizes: fractions of the mean residual norm at each layer
             (``relative``), else raw coefficients.
-        generation: A :class:`~lens_steer.generate.GenerationConfig`.
+        generation: A :class:`~lens_steer.config.GenerationConfig`.
         relative: Interpret ``scales`` relative to the residual norm
-            (:meth:`~lens_steer.vectors.SteeringVector.coeff_for_scale`).
+            (:meth:`~lens_steer.method.vectors.SteeringVector.coeff_for_scale`).
         mode: ``"continuous"`` or ``"single"``.
         prompt_style: Prompt style that is steered.
         template: Prompt templates.
@@ -97,17 +97,19 @@ def probe_steering(
     Returns:
         A :class:`ProbeGrid`.
     """
-    from lens_steer.derive import as_questions
-    from lens_steer.generate import GenerationConfig, generate
-    from lens_steer.inject import steer
+    from lens_steer.config import GenerationConfig
+    from lens_steer.data.questions import as_questions
+    from lens_steer.engines.api import as_engine
+    from lens_steer.engines.base import Steering
+    from lens_steer.eval.scoring import is_cot_style
     from lens_steer.prompts import DEFAULT_TEMPLATE, encode_prompt
-    from lens_steer.scoring import is_cot_style
 
     qs = as_questions(questions)
     if not qs or not layers or not scales:
         raise ValueError("probe_steering needs at least one question, layer and scale")
     cfg = generation or GenerationConfig()
-    prompts = [encode_prompt(model.tokenizer, q.text, prompt_style, template or DEFAULT_TEMPLATE) for q in qs]
+    engine = as_engine(model)
+    prompts = [encode_prompt(engine.tokenizer, q.text, prompt_style, template or DEFAULT_TEMPLATE) for q in qs]
     coeffs = torch.zeros(len(layers), len(scales))
     n_tok = torch.zeros(len(layers), len(scales), len(qs), dtype=torch.long)
     cot = torch.zeros(len(layers), len(scales), len(qs), dtype=torch.bool)
@@ -120,11 +122,12 @@ def probe_steering(
             coeffs[i, j] = c
             if c == 0:
                 if baseline is None:
-                    baseline = generate(model, prompts, cfg, progress=progress, desc="unsteered")
+                    baseline = engine.generate(prompts, cfg, progress=progress, desc="unsteered")
                 gens = baseline
             else:
-                with steer(model, vector, layer, c, mode, allow_other_model=allow_other_model):
-                    gens = generate(model, prompts, cfg, progress=progress, desc=f"layer {layer} scale {s:g}")
+                steering = Steering(vector, layer, float(c), mode, allow_other_model)
+                gens = engine.generate(prompts, cfg, steering=steering, progress=progress,
+                                       desc=f"layer {layer} scale {s:g}")
             n_tok[i, j] = torch.tensor([len(g.response_ids) for g in gens])
             cot[i, j] = torch.tensor([is_cot_style(g.text) for g in gens])
             row.append([g.text for g in gens])

@@ -16,6 +16,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lens_steer.analysis.repetition import distinct_ngram_ratio, is_repetitive
+
 __all__ = [
     "ABLATION_CONDITIONS",
     "AblationCondition",
@@ -135,7 +137,7 @@ def projection_trace(
             ``layer`` is used) or a ``[d_model]`` tensor.
         layer: Block index.
         style: Prompt style: ``"cot"``, ``"direct"`` or ``"none"``.
-        generation: A :class:`~lens_steer.generate.GenerationConfig` (default: greedy, 128
+        generation: A :class:`~lens_steer.config.GenerationConfig` (default: greedy, 128
             new tokens).
         template: A :class:`~lens_steer.prompts.PromptTemplate` (default: the paper's).
         allow_other_model: Accept a ``SteeringVector`` derived on another checkpoint.
@@ -143,12 +145,13 @@ def projection_trace(
     Returns:
         A :class:`TraceResult`.
     """
-    from lens_steer.generate import GenerationConfig, generate
-    from lens_steer.inject import resolve_direction
-    from lens_steer.models import hf_model, resid_post_name
+    from lens_steer.config import GenerationConfig
+    from lens_steer.engines.api import generate
+    from lens_steer.engines.steering import resolve_direction
+    from lens_steer.models import hf_model, model_info, resid_post_name
     from lens_steer.prompts import DEFAULT_TEMPLATE, encode_prompt
 
-    direction = resolve_direction(model, direction_or_vector, layer, allow_other_model=allow_other_model)
+    direction = resolve_direction(model_info(model), direction_or_vector, layer, allow_other_model=allow_other_model)
     tok = model.tokenizer
     prompt = encode_prompt(tok, question, style, template or DEFAULT_TEMPLATE)
     gen = generate(model, [prompt], generation or GenerationConfig(), progress=False)[0]
@@ -176,39 +179,6 @@ def projection_trace(
 
 # ---------------------------------------------------------------- direction ablation
 
-REPETITIVE_MIN_TOKENS = 20
-"""Responses shorter than this are never called repetitive."""
-REPETITIVE_MAX_DISTINCT = 0.2
-"""A response whose distinct token-trigram ratio is below this is repetitive (a loop such as
-``step step step ...``); fluent answers, even list-like ones, score well above it."""
-
-
-def distinct_ngram_ratio(tokens: Sequence, n: int = 3) -> float:
-    """Distinct n-grams / all n-grams of a token sequence (1.0 when it has no n-gram).
-
-    Args:
-        tokens: Token ids (or any hashable items).
-        n: n-gram length.
-
-    Returns:
-        A ratio in (0, 1]; near 0 for a response stuck in a loop.
-    """
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 1.0
-
-
-def is_repetitive(tokens: Sequence, min_tokens: int = REPETITIVE_MIN_TOKENS,
-                  max_distinct: float = REPETITIVE_MAX_DISTINCT) -> bool:
-    """Whether a response is a degenerate loop: at least ``min_tokens`` tokens and a distinct
-    token-trigram ratio below ``max_distinct``.
-
-    :func:`lens_steer.scoring.is_cot_style` calls any long answer-less text CoT style, loops
-    included, so the ablation reports this alongside it.
-    """
-    return len(tokens) >= min_tokens and distinct_ngram_ratio(tokens, 3) < max_distinct
-
-
-
 @dataclass(frozen=True)
 class AblationCondition:
     """Responses to the CoT prompts under one condition, one entry per question.
@@ -217,7 +187,7 @@ class AblationCondition:
         name: ``"baseline"``, ``"ablated"`` or ``"random"``.
         responses: Decoded responses.
         n_tokens: Response lengths in tokens (stop token excluded).
-        cot_style: :func:`lens_steer.scoring.is_cot_style` of each response.
+        cot_style: :func:`lens_steer.eval.scoring.is_cot_style` of each response.
         stopped: Whether each response ended with a stop token.
         repetitive: :func:`is_repetitive` of each response's tokens.
     """
@@ -309,32 +279,6 @@ class AblationResult:
         return rows
 
 
-def _layer_directions(model, vector, allow_other_model: bool) -> Tensor:
-    """``[n_layers, d_model]`` directions from a SteeringVector or tensor (a ``[d_model]``
-    tensor is repeated for every layer)."""
-    from lens_steer.models import d_model, n_layers
-    from lens_steer.vectors import SteeringVector
-
-    if isinstance(vector, SteeringVector):
-        vector.check_compatible(model, allow_other_model=allow_other_model)
-        directions = vector.directions
-    elif isinstance(vector, Tensor):
-        if vector.ndim == 1:
-            directions = vector[None].expand(n_layers(model), -1)
-        elif vector.ndim == 2:
-            directions = vector
-        else:
-            raise ValueError(f"expected a [d_model] or [n_layers, d_model] tensor, got shape {tuple(vector.shape)}")
-    else:
-        raise TypeError(f"expected a SteeringVector or a tensor, got {type(vector).__name__}")
-    if tuple(directions.shape) != (n_layers(model), d_model(model)):
-        raise ValueError(
-            f"directions of shape {tuple(directions.shape)} do not fit a model with "
-            f"{n_layers(model)} layers x d_model {d_model(model)}"
-        )
-    return directions.detach().float()
-
-
 def direction_ablation(
     model,
     questions: Sequence,
@@ -351,23 +295,23 @@ def direction_ablation(
     """Answer CoT prompts with and without the CoT direction projected out.
 
     Three conditions, each a greedy (by default) generation over the CoT-styled prompts:
-    ``baseline`` (no hooks), ``ablated`` (:func:`lens_steer.inject.ablate_direction` with
+    ``baseline`` (no hooks), ``ablated`` (:func:`lens_steer.engines.ablate_direction` with
     each layer's own direction at ``layers``, every position and every decode step) and,
     with ``control``, ``random``: the same ablation with random directions of the same
     per-layer norm (:func:`~lens_steer.analysis.logit_lens.random_direction_control`), so an
     effect of removing *any* one dimension can be told from removing the CoT direction.
-    Each response gets a length, :func:`lens_steer.scoring.is_cot_style` and
+    Each response gets a length, :func:`lens_steer.eval.scoring.is_cot_style` and
     :func:`is_repetitive` (ablating at many layers can push the model into a loop, which
     ``is_cot_style`` alone would count as CoT).
 
     Args:
         model: A ``TransformerBridge``.
         questions: Strings, dicts with ``question`` (and ``id``), or records with
-            ``.question`` / ``.id`` (as accepted by :func:`lens_steer.derive.as_questions`).
+            ``.question`` / ``.id`` (as accepted by :func:`lens_steer.data.questions.as_questions`).
         vector: A ``SteeringVector``, a ``[n_layers, d_model]`` tensor, or a ``[d_model]``
             tensor used at every layer.
         layers: Block index or indices to ablate at; None means every layer.
-        generation: A :class:`~lens_steer.generate.GenerationConfig` (default: greedy,
+        generation: A :class:`~lens_steer.config.GenerationConfig` (default: greedy,
             128 new tokens).
         template: A :class:`~lens_steer.prompts.PromptTemplate` (default: the paper's).
         control: Also run the random-direction control.
@@ -379,12 +323,13 @@ def direction_ablation(
         An :class:`AblationResult`.
     """
     from lens_steer.analysis.logit_lens import random_direction_control
-    from lens_steer.derive import as_questions
-    from lens_steer.generate import GenerationConfig, generate
-    from lens_steer.inject import ablate_direction
-    from lens_steer.models import check_layer, n_layers
+    from lens_steer.config import GenerationConfig
+    from lens_steer.data.questions import as_questions
+    from lens_steer.engines.api import generate
+    from lens_steer.engines.steering import ablate_direction, resolve_directions
+    from lens_steer.models import check_layer, model_info, n_layers
     from lens_steer.prompts import DEFAULT_TEMPLATE, encode_prompt
-    from lens_steer.scoring import is_cot_style
+    from lens_steer.eval.scoring import is_cot_style
 
     qs = as_questions(questions)
     if not qs:
@@ -397,7 +342,7 @@ def direction_ablation(
         raise ValueError("no layers to ablate at")
     for layer in layer_list:
         check_layer(model, layer)
-    directions = _layer_directions(model, vector, allow_other_model)
+    directions = resolve_directions(model_info(model), vector, allow_other_model=allow_other_model).float()
     cfg = generation or GenerationConfig()
     tok = model.tokenizer
     prompts = [encode_prompt(tok, q.text, "cot", template or DEFAULT_TEMPLATE) for q in qs]

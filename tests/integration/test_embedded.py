@@ -4,9 +4,10 @@
 import pytest
 import torch
 
-from lens_steer.derive import derive_cot_vector
-from lens_steer.generate import GenerationConfig, generate
-from lens_steer.inject import steer
+from lens_steer.method.derive import derive_cot_vector
+from lens_steer.config import GenerationConfig
+from lens_steer.engines.api import generate
+from lens_steer.engines.api import steer
 from lens_steer.models import load_hf, n_layers
 from lens_steer.prompts import encode_prompt
 

@@ -5,10 +5,11 @@ unwrapped HF model and gives the bridge path's responses."""
 import pytest
 import torch
 
-from lens_steer.derive import derive_cot_vector
-from lens_steer.fastpath import fast_path_disabled, fast_path_options, fast_path_status
-from lens_steer.generate import GenerationConfig, generate
-from lens_steer.inject import steer
+from lens_steer.method.derive import derive_cot_vector
+from lens_steer.engines.api import fast_path_disabled, fast_path_options, fast_path_status
+from lens_steer.config import GenerationConfig
+from lens_steer.engines.api import generate
+from lens_steer.engines.api import steer
 from lens_steer.models import load_hf, stop_token_ids
 from lens_steer.prompts import encode_prompt
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lens_steer.cli import build_parser, main
-from lens_steer.vectors import SteeringVector
+from lens_steer.method.vectors import SteeringVector
 
 
 @pytest.fixture(scope="module")

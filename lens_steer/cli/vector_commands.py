@@ -1,0 +1,223 @@
+"""Subcommands on vectors: ``derive``, ``generate``, ``info``, ``demo``, ``figures``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from lens_steer.cli.args import (
+    add_generation_args, add_model_args, add_question_args, add_template_args, generation_config, load_bridge,
+    questions, template,
+)
+
+def _derive_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_question_args(p)
+    add_generation_args(p)
+    add_template_args(p)
+    p.add_argument("--positions", choices=["generated", "prompt", "all"], default="generated")
+    p.add_argument("--method", choices=["fused", "two_pass"], default="fused",
+                   help="fused: read activations while generating; two_pass: re-run prompt+response")
+    p.add_argument("--out", type=Path, required=True, help="directory to write the vector to")
+
+
+def _derive(args) -> int:
+    from lens_steer.engines.api import as_engine
+    from lens_steer.method.derive import derive_cot_vector
+
+    items = questions(args)
+    engine = as_engine(load_bridge(args))
+    start = time.perf_counter()
+    vector = derive_cot_vector(engine, items, template=template(args), generation=generation_config(args),
+                               positions=args.positions, method=args.method, progress=not args.no_progress)
+    vector.metadata.stats["wall_seconds"] = round(time.perf_counter() - start, 2)
+    vector.save(args.out)
+    print(vector.summary())
+    print(f"saved to {args.out} ({vector.metadata.stats['wall_seconds']} s)")
+    return 0
+
+
+# ---------------------------------------------------------------- generate
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="a single question")
+    src.add_argument("--questions", type=Path, help='JSONL file, one {"question": ...} per line')
+    add_generation_args(p)
+    add_template_args(p)
+    p.add_argument("--prompt-style", choices=["direct", "cot", "none"], default="direct")
+    p.add_argument("--vector", type=Path, default=None, help="steering vector directory")
+    p.add_argument("--layer", type=int, default=None)
+    p.add_argument("--coeff", type=float, default=None)
+    p.add_argument("--mode", choices=["continuous", "single"], default="continuous")
+    p.add_argument("--allow-other-model", action="store_true", help="use a vector derived on another checkpoint")
+    p.add_argument("--out", type=Path, default=None, help="JSONL output (default: stdout)")
+
+
+def _generate(args) -> int:
+    from lens_steer.engines.api import as_engine
+    from lens_steer.engines.base import Steering
+    from lens_steer.method.vectors import SteeringVector
+    from lens_steer.prompts import encode_prompt
+
+    if args.vector is not None and (args.layer is None or args.coeff is None):
+        raise SystemExit("error: --vector needs --layer and --coeff")
+    if args.prompt is not None:
+        items = [{"id": "prompt", "question": args.prompt}]
+    else:
+        from lens_steer.data.corpus import load_questions_jsonl
+
+        items = [{"id": e.id, "question": e.question} for e in load_questions_jsonl(args.questions)]
+    vector = SteeringVector.load(args.vector) if args.vector is not None else None
+    engine = as_engine(load_bridge(args))
+    tok = engine.tokenizer
+    prompts = [encode_prompt(tok, it["question"], args.prompt_style, template(args)) for it in items]
+    steering = (Steering(vector, args.layer, args.coeff, args.mode, args.allow_other_model)
+                if vector is not None else None)
+    gens = engine.generate(prompts, generation_config(args), steering=steering, progress=not args.no_progress)
+    out = open(args.out, "w") if args.out else sys.stdout
+    try:
+        for it, p, g in zip(items, prompts, gens):
+            row = {"id": it["id"], "question": it["question"], "prompt_style": args.prompt_style,
+                   "prompt": tok.decode(p), "response": g.text, "n_tokens": len(g.response_ids),
+                   "stopped": g.stopped, "vector": str(args.vector) if vector is not None else None,
+                   "layer": args.layer, "coeff": args.coeff, "mode": args.mode if vector is not None else None}
+            out.write(json.dumps(row) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+# ---------------------------------------------------------------- info
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("vector", type=Path, help="steering vector directory")
+
+
+def _info(args) -> int:
+    from lens_steer.method.vectors import SteeringVector
+
+    vector = SteeringVector.load(args.vector)
+    print(vector.summary())
+    print(json.dumps(vector.metadata.stats, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--layer", type=int, default=None, help="default: 15 (of 30) for the embedded model, else n_layers // 2")
+    p.add_argument("--scale", type=float, default=None, help="steering size as a fraction of the residual norm (default 0.15 continuous, 0.4 single)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _demo(args) -> int:
+    from lens_steer.demo import DemoSettings, run_demo
+
+    return run_demo(DemoSettings(model=args.model, device=args.device, dtype=args.dtype, out=args.out,
+                                 max_new_tokens=args.max_new_tokens, layer=args.layer, scale=args.scale,
+                                 progress=not args.no_progress))
+
+
+# ---------------------------------------------------------------- figures
+def _figures_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vector", type=Path, required=True, help="steering vector directory")
+    p.add_argument("--out", type=Path, default=Path("figures"), help="output directory (default: figures)")
+    p.add_argument("--model", default=None, help="default: the model the vector was derived on")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--layer", type=int, default=None,
+                   help="analysis layer for sources, PCA and the trace (default: 15 for the embedded model, else n_layers // 2)")
+    p.add_argument("--trace-question", default=None,
+                   help="question of the projection trace (default: the first packaged held-out demo question; '' skips)")
+    p.add_argument("--ablation-questions", type=int, default=16,
+                   help="number of questions answered with and without the direction (0 skips the ablation)")
+    p.add_argument("--ablation-file", type=Path, default=None,
+                   help="JSONL questions for the ablation (default: the 28 packaged demo questions, not in the paper corpus)")
+    p.add_argument("--ablation-layers", action="append", default=None, metavar="all|L[,L...]",
+                   help="layers to project the direction out at, 'all' or comma-separated; repeat for one ablation "
+                        "figure each (default: 'all' and the analysis layer)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="generation limit of the trace and the ablation")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=10, help="logit-lens tokens per layer and end")
+    p.add_argument("--n-splits", type=int, default=100, help="split-half repetitions")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random controls, half splits and question draw")
+    p.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write static PNGs (needs kaleido>=1 and Chrome/Chromium; skipped with a message if missing)")
+    p.add_argument("--plotlyjs", choices=["directory", "cdn", "inline"], default="directory",
+                   help="HTML plotly.js: one shared plotly.min.js in --out (offline), the CDN, or inlined per file")
+    p.add_argument("--allow-other-model", action="store_true", help="use a vector derived on another checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _figures(args) -> int:
+    from lens_steer.config import GenerationConfig, default_layer
+    from lens_steer.data.corpus import demo_questions_path, load_questions_jsonl
+    from lens_steer.data.registry import subsample
+    from lens_steer.method.vectors import SteeringVector
+    from lens_steer.models import check_layer, load_model, n_layers
+    from lens_steer.config import torch_dtype
+    from lens_steer.prompts import PromptTemplate
+    from lens_steer.viz.figure_io import write_paper_figures
+    from lens_steer.viz.figure_settings import FigureSettings
+    from lens_steer.viz.figures import paper_figures
+
+    vector = SteeringVector.load(args.vector)
+    model_name = args.model or vector.metadata.model_id
+    model = load_model(model_name, device=args.device, dtype=torch_dtype(args.dtype))
+    vector.check_compatible(model, allow_other_model=args.allow_other_model)
+    layer = args.layer if args.layer is not None else default_layer(model_name, n_layers(model))
+    check_layer(model, layer)
+    trace_question = args.trace_question
+    if trace_question is None:
+        trace_question = load_questions_jsonl(demo_questions_path("heldout"))[0].question
+    ablation_sets = args.ablation_layers or ["all", str(layer)]
+    ablation_layers = [None if spec.strip() == "all" else [check_layer(model, int(x)) for x in spec.split(",") if x.strip()]
+                       for spec in ablation_sets]
+    items = []
+    if args.ablation_questions > 0:
+        pool = (load_questions_jsonl(args.ablation_file) if args.ablation_file is not None else
+                load_questions_jsonl(demo_questions_path("derive")) + load_questions_jsonl(demo_questions_path("heldout")))
+        items = subsample(pool, args.ablation_questions, args.seed)
+    prompt_template = PromptTemplate(**vector.metadata.templates) if vector.metadata.templates else None
+    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    start = time.perf_counter()
+    paper = paper_figures(model, vector, layer, trace_question=trace_question or None, ablation_questions=items,
+                          ablation_layers=ablation_layers, generation=generation, template=prompt_template,
+                          k=args.top_k, seed=args.seed, n_splits=args.n_splits, progress=not args.no_progress)
+    meta = vector.metadata
+    info = {"directory": str(args.vector), "model": meta.model_id, "fingerprint": meta.model_fingerprint,
+            "layers x d_model": f"{meta.n_layers} x {meta.d_model}", "questions": len(meta.question_ids),
+            "corpus sha256": meta.corpus_hash, "positions": meta.positions, "created": meta.created,
+            "generation": json.dumps(meta.generation)}
+    settings = FigureSettings(
+        model=model_name, layer=layer, trace_question=trace_question, ablation_questions=args.ablation_questions,
+        ablation_file=None if args.ablation_file is None else str(args.ablation_file),
+        ablation_layers=tuple(ablation_sets), max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        top_k=args.top_k, n_splits=args.n_splits, seed=args.seed, device=args.device, dtype=args.dtype,
+        allow_other_model=args.allow_other_model)
+    command = shlex.join(["lens-steer", *args.argv])
+    report = write_paper_figures(paper, args.out, command=command, vector_info=info, png=args.png,
+                                 plotlyjs=args.plotlyjs, settings=settings)
+    print(f"wrote {len(report.html)} HTML and {len(report.png)} PNG figures to {args.out} "
+          f"in {time.perf_counter() - start:.1f} s")
+    if args.png and len(report.png) < len(report.html):
+        print(f"lens-steer figures: {report.png_message} (HTML written)", file=sys.stderr)
+    for name, reason in paper.skipped.items():
+        print(f"lens-steer figures: skipped {name}: {reason}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = [
+    ("derive", "derive a CoT steering vector", _derive_args, _derive),
+    ("generate", "answer questions with or without a steering vector", _generate_args, _generate),
+    ("info", "describe a saved steering vector", _info_args, _info),
+    ("demo", "derive on the packaged demo questions and compare answers", _demo_args, _demo),
+    ("figures", "regenerate every analysis figure of a vector as HTML and PNG, with a README", _figures_args, _figures),
+]

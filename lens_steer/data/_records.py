@@ -1,0 +1,100 @@
+"""Reading helpers the benchmark modules share: JSON Lines / JSON files with located errors,
+typed field access, lettered option text, and the hub (``datasets``, imported lazily)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lens_steer.data.example import DATA_DIR_ENV, LETTERS, DataFormatError
+
+__all__ = [
+    "check_n_choices",
+    "format_mc",
+    "get_str",
+    "hub_label",
+    "hub_load",
+    "iter_jsonl",
+    "missing",
+    "read_json",
+    "require_file",
+]
+
+
+def missing(path: Path, what: str, layout: str) -> FileNotFoundError:
+    """The error for a missing local file or folder, naming the layout a benchmark expects."""
+    return FileNotFoundError(
+        f"{what} not found: {path}. Expected layout: {layout} "
+        f"(see the offline data README; set data_dir or ${DATA_DIR_ENV})."
+    )
+
+
+def require_file(path: Path, what: str, layout: str) -> None:
+    """Raise :func:`missing` unless ``path`` is a file."""
+    if not path.is_file():
+        raise missing(path, what, layout)
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(1-based line number, object)`` for each non-blank line."""
+    with path.open(encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(path, f"invalid JSON ({e.msg} at column {e.colno})", lineno) from e
+            if not isinstance(obj, dict):
+                raise DataFormatError(path, f"expected a JSON object, got {type(obj).__name__}", lineno)
+            yield lineno, obj
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object file; errors name the file and line."""
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(path, f"invalid JSON ({e.msg} at column {e.colno})", e.lineno) from e
+    if not isinstance(data, dict):
+        raise DataFormatError(path, "expected a JSON object", 1)
+    return data
+
+
+def get_str(obj: Mapping[str, Any], key: str, path: str | Path, line: int | None) -> str:
+    """A non-empty string field, else :class:`DataFormatError`."""
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise DataFormatError(path, f"field {key!r} missing or not a string (got {type(value).__name__})", line)
+    if not value.strip():
+        raise DataFormatError(path, f"field {key!r} is empty", line)
+    return value
+
+
+def format_mc(stem: str, choices: Sequence[str]) -> str:
+    """The question shown to the model: the stem, then ``"A. ..."`` one option per line."""
+    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+    return f"{stem}\n{options}"
+
+
+def check_n_choices(n: int, path: str | Path, line: int | None) -> None:
+    """A multiple-choice item has 2 to 26 options."""
+    if n < 2:
+        raise DataFormatError(path, f"multiple-choice item needs at least 2 choices, got {n}", line)
+    if n > len(LETTERS):
+        raise DataFormatError(path, f"{n} choices exceed the {len(LETTERS)} available letters", line)
+
+
+def hub_load(path: str, name: str | None, split: str) -> Any:
+    """Load one split from the Hugging Face hub (``datasets`` imported lazily, it is slow)."""
+    import datasets
+
+    return datasets.load_dataset(path, name, split=split)
+
+
+def hub_label(path: str, name: str | None, split: str) -> str:
+    """How errors name a hub split, e.g. ``hub:cais/mmlu[anatomy]/test``."""
+    return f"hub:{path}" + (f"[{name}]" if name else "") + f"/{split}"

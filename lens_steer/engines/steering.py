@@ -1,0 +1,161 @@
+"""Steering on a TransformerBridge: the one direction resolver, the hooks that add c·v (continuous or
+single) or project a direction out at ``blocks.{l}.hook_resid_post``, and :func:`ablate_direction`
+(:func:`lens_steer.engines.api.steer` is built on the same hooks).
+
+Modes:
+
+* ``"continuous"``: every position of every forward pass (the prompt and each generated token).
+* ``"single"``: only the positions of the prompt. The prompt is the first forward pass inside
+  the context, or the first after the engine starts a new batch. With a KV cache the prompt's
+  keys and values carry the steering and decode steps get nothing; without one, every re-run of
+  the full sequence steers positions ``[0, prompt_len)`` again, so both give the same tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from lens_steer.engines.base import Steering
+from lens_steer.engines.hooks import attach, attach_forward_pre_hook
+from lens_steer.models import ModelInfo, hf_model, model_info, resid_post_name
+
+__all__ = ["SingleSteerer", "ablate_direction", "resolve_direction", "resolve_directions", "steering_hooks"]
+
+
+def resolve_directions(
+    info: ModelInfo, vector, *, allow_other_model: bool = False
+) -> Float[Tensor, "layer d_model"]:
+    """``[n_layers, d_model]`` directions of a ``SteeringVector`` or tensor, checked against a model.
+
+    Args:
+        info: The model's identity (:func:`lens_steer.models.model_info` or an engine's ``info``).
+        vector: A ``SteeringVector`` (anything with ``directions`` and ``check_compatible``), a
+            ``[d_model]`` tensor (the same direction at every layer) or a ``[n_layers, d_model]`` tensor.
+        allow_other_model: Accept a ``SteeringVector`` derived on another checkpoint of the same shape.
+
+    Raises:
+        ValueError: wrong width or depth, non-finite values. ModelMismatchError: a vector from
+        another model. TypeError: not a vector.
+    """
+    if hasattr(vector, "directions") and hasattr(vector, "check_compatible"):
+        vector.check_compatible(info, allow_other_model=allow_other_model)
+        directions = vector.directions
+    elif isinstance(vector, Tensor):
+        if vector.ndim == 1:
+            directions = vector[None].expand(info.n_layers, -1)
+        elif vector.ndim == 2:
+            if vector.shape[0] != info.n_layers:
+                raise ValueError(f"directions of shape {tuple(vector.shape)} do not fit a model with "
+                                 f"{info.n_layers} layers x d_model {info.d_model}")
+            directions = vector
+        else:
+            raise ValueError(f"expected a [d_model] or [n_layers, d_model] tensor, got shape {tuple(vector.shape)}")
+    else:
+        raise TypeError(f"expected a SteeringVector or a tensor, got {type(vector).__name__}")
+    if directions.shape[-1] != info.d_model:
+        raise ValueError(f"vector width {directions.shape[-1]} does not match the model's d_model {info.d_model}")
+    return directions.detach()
+
+
+def resolve_direction(info: ModelInfo, vector, layer: int, *, allow_other_model: bool = False) -> Float[Tensor, "d_model"]:
+    """The direction at ``layer`` (see :func:`resolve_directions`); ``IndexError`` for a layer out of
+    range, ``ValueError`` for non-finite values."""
+    info.check_layer(layer)
+    direction = resolve_directions(info, vector, allow_other_model=allow_other_model)[layer]
+    if not torch.isfinite(direction).all():
+        raise ValueError("vector contains NaN or infinite values")
+    return direction
+
+
+class SingleSteerer:
+    """Adds ``delta`` to the prompt positions only; tracks the cache offset of each pass."""
+
+    def __init__(self, delta: Tensor) -> None:
+        self.delta = delta
+        self.prompt_len: int | None = None
+        self.offset = 0
+
+    def new_sequence(self) -> None:
+        """The next forward pass is a new prompt."""
+        self.prompt_len = None
+
+    def pre_forward(self, module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        self.offset = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        return None
+
+    def __call__(self, x: Tensor, hook) -> Tensor:
+        length = x.shape[1]
+        if self.prompt_len is None:
+            self.prompt_len = self.offset + length
+        end = min(self.prompt_len - self.offset, length)
+        if end <= 0:
+            return x
+        if end == length:
+            return x + self.delta
+        mask = (torch.arange(length, device=x.device) < end).to(x.dtype)
+        return x + mask[None, :, None] * self.delta
+
+
+@contextmanager
+def steering_hooks(model, plan: Sequence[Steering], info: ModelInfo, registry: list) -> Iterator[list[Tensor]]:
+    """Attach the hooks of every steering in ``plan`` to the bridge; remove exactly them on exit.
+
+    Every direction is resolved (and so checked) before anything is attached. Single-mode
+    steerers are added to ``registry`` (the engine's, which restarts them per batch) while active.
+
+    Yields:
+        The added tensors ``coeff * v`` (in the model's dtype), one per steering.
+    """
+    param = next(hf_model(model).parameters())
+    deltas = []
+    for s in plan:
+        direction = resolve_direction(info, s.vector, s.layer, allow_other_model=s.allow_other_model)
+        deltas.append((float(s.coeff) * direction.to(torch.float32)).to(device=param.device, dtype=param.dtype))
+    with ExitStack() as stack:
+        for s, delta in zip(plan, deltas):
+            name = resid_post_name(s.layer)
+            if s.mode == "continuous":
+
+                def add(x: Tensor, hook, delta=delta) -> Tensor:
+                    return x + delta
+
+                stack.enter_context(attach(model, [(name, add)]))
+                continue
+            steerer = SingleSteerer(delta)
+            stack.enter_context(attach_forward_pre_hook(hf_model(model), steerer.pre_forward))
+            stack.enter_context(attach(model, [(name, steerer)]))
+            registry.append(steerer)
+            stack.callback(registry.remove, steerer)
+        yield deltas
+
+
+@contextmanager
+def ablate_direction(model, direction: Float[Tensor, "d_model"] | Tensor, layers: list[int] | int) -> Iterator[None]:
+    """Project the unit direction out of ``hook_resid_post`` at ``layers``, every position.
+
+    ``x <- x - (x·u) u`` with ``u = direction / ||direction||``; for a ``[n_layers, d_model]``
+    tensor (or a ``SteeringVector``) each layer uses its own row.
+    """
+    layer_list = [layers] if isinstance(layers, int) else list(layers)
+    info = model_info(model)
+    param = next(hf_model(model).parameters())
+    hooks = []
+    for layer in layer_list:
+        d = resolve_directions(info, direction)[info.check_layer(layer)]
+        norm = d.float().norm()
+        if not torch.isfinite(norm) or norm == 0:
+            raise ValueError(f"cannot ablate a zero or non-finite direction at layer {layer}")
+        unit = (d.float() / norm).to(device=param.device, dtype=param.dtype)
+
+        def project_out(x: Tensor, hook, unit=unit) -> Tensor:
+            return x - (x @ unit)[..., None] * unit
+
+        hooks.append((resid_post_name(layer), project_out))
+    with attach(model, hooks):
+        yield

@@ -1,0 +1,122 @@
+"""Generate and score benchmark items under conditions, in fixed chunks (the unit a run resumes by)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Sequence
+
+from tqdm.auto import tqdm
+
+from lens_steer.config import GenerationConfig
+from lens_steer.data.registry import Example, benchmark_key
+from lens_steer.engines.api import as_engine
+from lens_steer.engines.base import Steering
+from lens_steer.eval.conditions import Condition
+from lens_steer.eval.results import ItemRow
+from lens_steer.eval.scoring import is_cot_style, score
+from lens_steer.prompts import DEFAULT_TEMPLATE, PromptTemplate, encode_prompt
+
+__all__ = ["evaluate"]
+
+
+def _chunks(prompts: Sequence[Sequence[int]], size: int) -> list[list[int]]:
+    """Item indices grouped into generation chunks: sorted by prompt length, then cut every ``size``.
+
+    The chunks depend only on the prompts, never on what is already done, so a resumed run
+    puts every item in the same batch as an uninterrupted one (greedy decoding can depend on
+    the padding of the batch).
+    """
+    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def evaluate(
+    model,
+    examples: Sequence[Example],
+    conditions: Sequence[Condition],
+    generation: GenerationConfig,
+    vector=None,
+    *,
+    template: PromptTemplate = DEFAULT_TEMPLATE,
+    done: Collection[tuple[str, str]] = (),
+    on_rows: Callable[[list[ItemRow]], None] | None = None,
+    chunk_size: int | None = None,
+    allow_other_model: bool = False,
+    progress: bool = True,
+) -> list[ItemRow]:
+    """Generate and score every item under every condition, skipping those already done.
+
+    Items of one condition are sorted by prompt length and generated in fixed chunks of
+    ``chunk_size``; after each chunk ``on_rows`` receives its rows (write them there to make
+    a run resumable). A steered chunk runs inside one :func:`~lens_steer.engines.steer`
+    context.
+
+    Args:
+        model: A ``TransformerBridge`` or an engine.
+        examples: Benchmark items (ids must be unique).
+        conditions: Conditions to run.
+        generation: Generation settings (the same for every condition).
+        vector: Steering vector; required when a condition is steered.
+        template: Prompt templates.
+        done: ``(item id, condition key)`` pairs to skip.
+        on_rows: Called with the rows of each finished chunk.
+        chunk_size: Items per chunk (default ``generation.batch_size``).
+        allow_other_model: Steer with a vector derived on another checkpoint.
+        progress: Show a progress bar.
+
+    Returns:
+        The new :class:`~lens_steer.eval.results.ItemRow` objects, one per (item, condition)
+        not in ``done`` (``gen_seconds`` is the chunk's time shared equally).
+    """
+    ids = [ex.id for ex in examples]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
+        raise ValueError(f"item ids must be unique; repeated: {dup}")
+    keys = [c.key for c in conditions]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"conditions repeat: {sorted({k for k in keys if keys.count(k) > 1})}")
+    if any(c.steered for c in conditions) and vector is None:
+        raise ValueError("steered conditions need a vector")
+    size = chunk_size or generation.batch_size
+    if size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {size}")
+    done = set(done)
+    engine = as_engine(model)
+    tok = engine.tokenizer
+    prompts_by_style: dict[str, list[list[int]]] = {}
+    plan = []
+    for cond in conditions:
+        if cond.style not in prompts_by_style:
+            prompts_by_style[cond.style] = [encode_prompt(tok, ex.question, cond.style, template) for ex in examples]
+        prompts = prompts_by_style[cond.style]
+        for chunk in _chunks(prompts, size):
+            todo = [i for i in chunk if (examples[i].id, cond.key) not in done]
+            if todo:
+                plan.append((cond, prompts, todo))
+    rows: list[ItemRow] = []
+    total = sum(len(todo) for _, _, todo in plan)
+    with tqdm(total=total, desc="evaluating", disable=not progress, unit="item") as bar:
+        for cond, prompts, todo in plan:
+            bar.set_postfix_str(cond.key, refresh=False)
+            steering = (Steering(vector, cond.layer, cond.coeff, cond.mode, allow_other_model) if cond.steered
+                        else None)
+            start = time.perf_counter()
+            gens = engine.generate([prompts[i] for i in todo], generation, steering=steering, progress=False)
+            seconds = (time.perf_counter() - start) / len(todo)
+            chunk_rows = [_row(examples[i], cond, g, seconds) for i, g in zip(todo, gens, strict=True)]
+            if on_rows is not None:
+                on_rows(chunk_rows)
+            rows.extend(chunk_rows)
+            bar.update(len(todo))
+    return rows
+
+
+def _row(example: Example, cond: Condition, gen, seconds: float) -> ItemRow:
+    result = score(example, gen.text)
+    return ItemRow(
+        id=example.id, benchmark=benchmark_key(example), source=example.source, subset=example.subset,
+        condition=cond.key, name=cond.name, style=cond.style, layer=cond.layer, coeff=cond.coeff, scale=cond.scale,
+        mode=cond.mode, answer=example.answer, predicted=result.predicted, parsed=result.parsed,
+        correct=result.correct, cot_style=is_cot_style(gen.text), n_tokens=len(gen.response_ids),
+        stopped=gen.stopped, prompt_tokens=len(gen.prompt_ids), gen_seconds=round(seconds, 4), response=gen.text,
+    )

@@ -1,0 +1,270 @@
+"""``SteeringVector``: per-layer CoT directions, per-question vectors and provenance; save/load.
+
+On disk a vector is a directory with ``vector.safetensors`` (tensors), ``config.json``
+(metadata, including the model's identity and the tensors file's sha256) and, when the
+derivation kept them, ``responses.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from lens_steer.models import ModelInfo, model_info
+
+TENSORS_FILE = "vector.safetensors"
+CONFIG_FILE = "config.json"
+RESPONSES_FILE = "responses.jsonl"
+FORMAT_VERSION = 1
+
+
+class VectorFileError(ValueError):
+    """A saved vector is missing, corrupt or inconsistent."""
+
+
+class ModelMismatchError(ValueError):
+    """A vector does not fit the model it is applied to."""
+
+
+def _info_of(model) -> ModelInfo:
+    """The :class:`ModelInfo` of a bridge, an engine (its ``info``) or a ``ModelInfo`` itself."""
+    if isinstance(model, ModelInfo):
+        return model
+    if hasattr(model, "info") and isinstance(model.info, ModelInfo):
+        return model.info
+    return model_info(model)
+
+
+@dataclass(frozen=True)
+class VectorRef:
+    """Where a saved vector was read from and what it is: the record a run keeps of the vector it used.
+
+    Attributes:
+        path: The directory, absolute. model_id: Model it was derived on. corpus_hash: Its corpus.
+        tensors_sha256: Checksum of its tensors file. n_questions: Questions averaged.
+    """
+
+    path: str
+    model_id: str
+    corpus_hash: str
+    tensors_sha256: str | None
+    n_questions: int
+
+
+@dataclass
+class VectorMetadata:
+    """Provenance of a steering vector.
+
+    Attributes:
+        model_id: Name or path of the model it was derived on.
+        model_fingerprint: Hash of that model's embedding weights (see ``models.model_fingerprint``).
+        n_layers: Number of blocks.
+        d_model: Residual width.
+        hook_name: Hook name template, ``blocks.{layer}.hook_resid_post``.
+        positions: Averaged positions (``generated``, ``prompt`` or ``all``).
+        method: ``fused`` or ``two_pass``.
+        templates: The prompt templates used.
+        question_ids / question_sources / questions: One entry per question, in order.
+        corpus_hash: sha256 over ids and question texts.
+        generation: Generation settings.
+        package_version: lens_steer version.
+        created: ISO timestamp.
+        skipped_ids: Questions left out because a response had no token to average.
+        stats: Summary numbers (mean response lengths, ...).
+    """
+
+    model_id: str
+    model_fingerprint: str
+    n_layers: int
+    d_model: int
+    hook_name: str = "blocks.{layer}.hook_resid_post"
+    positions: str = "generated"
+    method: str = "fused"
+    templates: dict = field(default_factory=dict)
+    question_ids: list[str] = field(default_factory=list)
+    question_sources: list[str] = field(default_factory=list)
+    questions: list[str] = field(default_factory=list)
+    corpus_hash: str = ""
+    generation: dict = field(default_factory=dict)
+    package_version: str = ""
+    created: str = ""
+    skipped_ids: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class SteeringVector:
+    """A CoT steering vector.
+
+    Attributes:
+        directions: [n_layers, d_model] v = mean over questions of v(q).
+        metadata: Provenance.
+        per_question: [n_questions, n_layers, d_model] v(q) = mean_CoT − mean_direct, or None.
+        resid_norm: [n_layers] mean residual norm over the averaged tokens (a scale for
+            choosing coefficients), or None.
+        responses: Generated responses of the derivation (dicts), or None.
+    """
+
+    directions: Float[Tensor, "layer d_model"]
+    metadata: VectorMetadata
+    per_question: Float[Tensor, "question layer d_model"] | None = None
+    resid_norm: Float[Tensor, "layer"] | None = None
+    responses: list[dict] | None = None
+    source: VectorRef | None = field(default=None, compare=False, repr=False)
+    """Set by :meth:`load`: the directory and checksum it was read from."""
+
+    def __post_init__(self) -> None:
+        if self.directions.ndim != 2:
+            raise ValueError(f"directions must be [n_layers, d_model], got {tuple(self.directions.shape)}")
+        shape = (self.metadata.n_layers, self.metadata.d_model)
+        if tuple(self.directions.shape) != shape:
+            raise ValueError(f"directions shape {tuple(self.directions.shape)} != metadata {shape}")
+        if self.per_question is not None and tuple(self.per_question.shape[1:]) != shape:
+            raise ValueError(f"per_question shape {tuple(self.per_question.shape)} does not end in {shape}")
+
+    @property
+    def n_layers(self) -> int:
+        return self.metadata.n_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.metadata.d_model
+
+    def norms(self) -> Tensor:
+        """[n_layers] L2 norm of the direction per layer."""
+        return self.directions.norm(dim=-1)
+
+    def relative_norms(self) -> Tensor | None:
+        """[n_layers] ‖v_l‖ / mean residual norm, or None when the residual norm is unknown."""
+        return None if self.resid_norm is None else self.norms() / self.resid_norm
+
+    def coeff_for_scale(self, layer: int, scale: float) -> float:
+        """The c for which ‖c·v_layer‖ = ``scale`` × the mean residual norm at ``layer``."""
+        if self.resid_norm is None:
+            raise ValueError("this vector has no residual norms recorded")
+        return float(scale * self.resid_norm[layer] / self.directions[layer].norm())
+
+    def check_compatible(self, model, *, allow_other_model: bool = False) -> None:
+        """Raise ``ModelMismatchError`` unless this vector fits ``model`` (a bridge, an engine or a ``ModelInfo``).
+
+        Depth and width must match. The fingerprint must match too unless
+        ``allow_other_model`` (e.g. a fine-tune of the same base).
+        """
+        info = _info_of(model)
+        n, d = info.n_layers, info.d_model
+        if (self.n_layers, self.d_model) != (n, d):
+            raise ModelMismatchError(
+                f"vector from {self.metadata.model_id!r} has {self.n_layers} layers x d_model {self.d_model}, "
+                f"but this model has {n} layers x d_model {d}"
+            )
+        fp = info.fingerprint
+        if not allow_other_model and self.metadata.model_fingerprint and fp != self.metadata.model_fingerprint:
+            raise ModelMismatchError(
+                f"vector was derived on {self.metadata.model_id!r} (fingerprint {self.metadata.model_fingerprint}), "
+                f"not on this model {info.model_id!r} (fingerprint {fp}); pass allow_other_model=True to use it anyway"
+            )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the vector directory (created if needed). Returns its path."""
+        from safetensors.torch import save_file
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {"directions": self.directions.detach().float().contiguous().cpu()}
+        if self.per_question is not None:
+            tensors["per_question"] = self.per_question.detach().float().contiguous().cpu()
+        if self.resid_norm is not None:
+            tensors["resid_norm"] = self.resid_norm.detach().float().contiguous().cpu()
+        save_file(tensors, str(out / TENSORS_FILE))
+        digest = hashlib.sha256((out / TENSORS_FILE).read_bytes()).hexdigest()
+        config = {"format_version": FORMAT_VERSION, "tensors_sha256": digest, "metadata": asdict(self.metadata)}
+        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        if self.responses is not None:
+            with open(out / RESPONSES_FILE, "w") as f:
+                for r in self.responses:
+                    f.write(json.dumps(r) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, model=None, *, allow_other_model: bool = False) -> "SteeringVector":
+        """Read a vector directory written by :meth:`save`.
+
+        Args:
+            path: The directory.
+            model: If given, check the vector fits it (see :meth:`check_compatible`).
+            allow_other_model: See :meth:`check_compatible`.
+
+        Raises:
+            VectorFileError: missing or corrupt files. ModelMismatchError: wrong model.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        src = Path(path)
+        if not src.is_dir():
+            raise VectorFileError(f"no steering vector directory at {src}")
+        for name in (CONFIG_FILE, TENSORS_FILE):
+            if not (src / name).is_file():
+                raise VectorFileError(f"{src} is not a complete steering vector: {name} is missing")
+        try:
+            config = json.loads((src / CONFIG_FILE).read_text())
+            meta_dict = config["metadata"]
+            known = {f.name for f in fields(VectorMetadata)}
+            metadata = VectorMetadata(**{k: v for k, v in meta_dict.items() if k in known})
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise VectorFileError(f"{src / CONFIG_FILE} is corrupt: {exc}") from exc
+        if config.get("format_version") != FORMAT_VERSION:
+            raise VectorFileError(f"{src} has format version {config.get('format_version')}, expected {FORMAT_VERSION}")
+        raw = (src / TENSORS_FILE).read_bytes()
+        if hashlib.sha256(raw).hexdigest() != config.get("tensors_sha256"):
+            raise VectorFileError(f"{src / TENSORS_FILE} does not match the checksum in {CONFIG_FILE}: file corrupt or edited")
+        try:
+            tensors = load_file(str(src / TENSORS_FILE))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise VectorFileError(f"{src / TENSORS_FILE} is unreadable: {exc}") from exc
+        if "directions" not in tensors:
+            raise VectorFileError(f"{src / TENSORS_FILE} holds no 'directions' tensor")
+        responses = None
+        if (src / RESPONSES_FILE).is_file():
+            with open(src / RESPONSES_FILE) as f:
+                responses = [json.loads(line) for line in f if line.strip()]
+        try:
+            vector = cls(
+                directions=tensors["directions"],
+                metadata=metadata,
+                per_question=tensors.get("per_question"),
+                resid_norm=tensors.get("resid_norm"),
+                responses=responses,
+                source=VectorRef(path=str(src.resolve()), model_id=metadata.model_id, corpus_hash=metadata.corpus_hash,
+                                 tensors_sha256=config.get("tensors_sha256"), n_questions=len(metadata.question_ids)),
+            )
+        except ValueError as exc:
+            raise VectorFileError(f"{src}: {exc}") from exc
+        if model is not None:
+            vector.check_compatible(model, allow_other_model=allow_other_model)
+        return vector
+
+    def summary(self) -> str:
+        """A few lines describing the vector."""
+        norms = self.norms()
+        rel = self.relative_norms()
+        lines = [
+            f"SteeringVector for {self.metadata.model_id} ({self.n_layers} layers x {self.d_model})",
+            f"  questions: {len(self.metadata.question_ids)} (corpus {self.metadata.corpus_hash[:12]}), positions: {self.metadata.positions}",
+            f"  |v| per layer: min {norms.min():.3g}, max {norms.max():.3g}",
+        ]
+        if rel is not None and torch.isfinite(rel).all():
+            lines.append(f"  |v|/|resid| per layer: min {rel.min():.3f}, max {rel.max():.3f}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        n_q = 0 if self.per_question is None else self.per_question.shape[0]
+        return f"SteeringVector(model={self.metadata.model_id!r}, layers={self.n_layers}, d_model={self.d_model}, questions={n_q})"
+
+

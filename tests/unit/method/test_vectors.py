@@ -1,0 +1,106 @@
+"""SteeringVector save/load round trip, corrupt files, model mismatch; derive on the tiny model."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_tiny_bridge
+from lens_steer.method.derive import as_questions, derive_cot_vector
+from lens_steer.config import GenerationConfig
+from lens_steer.engines.api import steer
+from lens_steer.method.vectors import ModelMismatchError, SteeringVector, VectorFileError
+
+QUESTIONS = [
+    {"id": "a", "question": "What is 3 times 4?", "source": "gsm8k"},
+    {"id": "b", "question": "Is a whale a fish?", "source": "mmlu"},
+    {"id": "c", "question": "Spell cat backwards.", "source": "bbl"},
+]
+
+
+@pytest.fixture(scope="module")
+def vector(tiny):
+    return derive_cot_vector(tiny, QUESTIONS, generation=GenerationConfig(max_new_tokens=8), progress=False)
+
+
+def test_derive_shapes_and_metadata(tiny, vector):
+    assert vector.directions.shape == (4, 64)
+    assert vector.per_question.shape == (3, 4, 64)
+    torch.testing.assert_close(vector.directions, vector.per_question.mean(0))
+    meta = vector.metadata
+    assert meta.question_ids == ["a", "b", "c"] and meta.question_sources == ["gsm8k", "mmlu", "bbl"]
+    assert meta.n_layers == 4 and meta.d_model == 64 and meta.positions == "generated"
+    assert meta.hook_name == "blocks.{layer}.hook_resid_post"
+    assert meta.templates["cot"].endswith("step by step.") and len(meta.corpus_hash) == 64
+    assert meta.generation["max_new_tokens"] == 8 and meta.package_version
+    assert vector.resid_norm.shape == (4,) and (vector.resid_norm > 0).all()
+    assert len(vector.responses) == 6
+
+
+def test_derive_is_deterministic(tiny, vector):
+    again = derive_cot_vector(tiny, QUESTIONS, generation=GenerationConfig(max_new_tokens=8), progress=False)
+    assert torch.equal(again.per_question, vector.per_question)
+
+
+def test_round_trip(tmp_path, tiny, vector):
+    vector.save(tmp_path / "v")
+    loaded = SteeringVector.load(tmp_path / "v", model=tiny)
+    assert torch.equal(loaded.directions, vector.directions)
+    assert torch.equal(loaded.per_question, vector.per_question)
+    assert torch.equal(loaded.resid_norm, vector.resid_norm)
+    assert loaded.metadata == vector.metadata
+    assert loaded.responses == vector.responses
+    with steer(tiny, loaded, 1, 2.0):
+        pass
+
+
+def test_missing_and_corrupt_files(tmp_path, vector):
+    with pytest.raises(VectorFileError, match="no steering vector directory"):
+        SteeringVector.load(tmp_path / "nope")
+    path = vector.save(tmp_path / "v")
+    (path / "vector.safetensors").write_bytes((path / "vector.safetensors").read_bytes()[:-7] + b"garbage")
+    with pytest.raises(VectorFileError, match="checksum"):
+        SteeringVector.load(path)
+    path = vector.save(tmp_path / "w")
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(VectorFileError, match="corrupt"):
+        SteeringVector.load(path)
+    path = vector.save(tmp_path / "x")
+    (path / "vector.safetensors").unlink()
+    with pytest.raises(VectorFileError, match="missing"):
+        SteeringVector.load(path)
+    path = vector.save(tmp_path / "y")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["metadata"]["d_model"] = 65
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(VectorFileError, match="shape"):
+        SteeringVector.load(path)
+
+
+def test_mismatch_errors(tmp_path, vector):
+    path = vector.save(tmp_path / "v")
+    wide, _ = make_tiny_bridge(0, hidden=32)
+    with pytest.raises(ModelMismatchError, match="d_model 32"):
+        SteeringVector.load(path, model=wide)
+    deep, _ = make_tiny_bridge(0, n_layers=6)
+    with pytest.raises(ModelMismatchError, match="6 layers"):
+        with steer(deep, vector, 0, 1.0):
+            pass
+    other, _ = make_tiny_bridge(5)
+    with pytest.raises(ModelMismatchError, match="fingerprint"):
+        SteeringVector.load(path, model=other)
+    SteeringVector.load(path, model=other, allow_other_model=True)
+
+
+def test_coeff_for_scale(vector):
+    c = vector.coeff_for_scale(2, 0.25)
+    assert abs(c * vector.directions[2].norm() - 0.25 * vector.resid_norm[2]) < 1e-3
+
+
+def test_question_normalisation():
+    qs = as_questions(["plain", {"question": "d", "id": "x"}])
+    assert [q.id for q in qs] == ["q0", "x"]
+    with pytest.raises(ValueError, match="unique"):
+        as_questions([{"question": "a", "id": "x"}, {"question": "b", "id": "x"}])
+    with pytest.raises(ValueError, match="'question'"):
+        as_questions([{"text": "a"}])

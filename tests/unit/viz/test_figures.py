@@ -1,0 +1,146 @@
+"""``lens-steer figures`` end to end through main([...]) on the tiny model, and the figure builders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lens_steer.cli import main
+from lens_steer.viz.figure_io import export_pngs, find_png_backend, write_html
+from lens_steer.viz.figures import FigureSpec, paper_figures
+from lens_steer.method.vectors import SteeringVector
+
+BASE_FIGURES = {
+    "layer_cosine", "split_half", "source_cosine", "pca_scatter", "pca_variance",
+    "logit_lens_top", "logit_lens_bottom", "projection_trace",
+}
+ALL_FIGURES = BASE_FIGURES | {"ablation_all", "ablation_layer2"}  # default ablations: every layer, --layer
+STRUCTURE = ["layer_cosine", "split_half", "source_cosine", "pca_scatter", "pca_variance"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def vector_dir(tiny_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("fq") / "questions.jsonl"
+    rows = [("What is 1+1?", "arith"), ("Name a fruit.", "trivia"), ("What is 3*4?", "arith"),
+            ("Why is the sky blue?", "trivia"), ("What is 10-7?", "arith")]
+    path.write_text("\n".join(json.dumps({"question": q, "source": s}) for q, s in rows) + "\n")
+    out = tmp_path_factory.mktemp("fvec") / "v"
+    assert main(["derive", "--model", str(tiny_dir), "--questions", str(path), "--out", str(out),
+                 "--max-new-tokens", "6", "--no-progress"]) == 0
+    return out
+
+
+def _figures(vector_dir, out, *extra: str) -> int:
+    return main(["figures", "--vector", str(vector_dir), "--out", str(out), "--layer", "2",
+                 "--max-new-tokens", "5", "--n-splits", "10", "--no-progress", *extra])
+
+
+def test_figures_cli_html_only(vector_dir, tmp_path, capsys):
+    out = tmp_path / "fig"
+    assert _figures(vector_dir, out, "--ablation-questions", "2", "--no-png") == 0
+    assert {p.stem for p in out.glob("*.html")} == ALL_FIGURES
+    assert not list(out.glob("*.png"))
+    assert (out / "plotly.min.js").is_file()
+    for html in out.glob("*.html"):
+        text = html.read_text()
+        assert 'src="plotly.min.js"' in text and html.stat().st_size < 300_000
+    readme = (out / "README.md").read_text()
+    assert f"lens-steer figures --vector {vector_dir} --out {out}" in readme
+    assert "--layer 2" in readme and "--no-png" in readme
+    for name in ALL_FIGURES:
+        assert f"({name}.html)" in readme and f"({name}.png)" not in readme
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["structure"]["layer"] == 2 and summary["structure"]["n_questions"] == 5
+    assert summary["structure"]["sources"]["names"] == ["arith", "trivia"]
+    assert len(summary["structure"]["split_half"]["per_layer"]) == 4
+    assert summary["logit_lens"]["norm_kind"] == "rms" and len(summary["logit_lens"]["top_tokens"]["2"]) == 10
+    assert summary["trace"]["cot"]["n_response_tokens"] <= 5
+    ablation = summary["ablation"]
+    assert set(ablation["ablation_all"]["conditions"]) == {"baseline", "ablated", "random"}
+    assert ablation["ablation_all"]["n_questions"] == 2 and ablation["ablation_all"]["layers"] == [0, 1, 2, 3]
+    assert ablation["ablation_layer2"]["layers"] == [2]
+    assert "repetitive_rate" in ablation["ablation_layer2"]["conditions"]["ablated"]
+    assert "- ablation layers: all, 2" in readme and "- layer: 2" in readme  # effective settings, defaults filled in
+    assert summary["settings"]["ablation_layers"] == ["all", "2"] and summary["settings"]["layer"] == 2
+    rows = [json.loads(line) for line in (out / "ablation_all.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and {"baseline_n_tokens", "ablated_cot_style", "random_repetitive"} <= set(rows[0])
+    assert (out / "ablation_layer2.jsonl").is_file()
+    assert "wrote 10 HTML and 0 PNG" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not find_png_backend().available, reason=f"no PNG backend: {find_png_backend().reason}")
+def test_figures_cli_png(vector_dir, tmp_path):
+    out = tmp_path / "fig"
+    assert _figures(vector_dir, out, "--ablation-questions", "1", "--ablation-layers", "1,2",
+                    "--plotlyjs", "cdn") == 0
+    pngs = {p.stem: p for p in out.glob("*.png")}
+    assert set(pngs) == BASE_FIGURES | {"ablation_layers1-2"}
+    for p in pngs.values():
+        assert p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 5_000
+    assert not (out / "plotly.min.js").exists()
+    readme = (out / "README.md").read_text()
+    assert "(ablation_layers1-2.png)" in readme and "PNG written for 9 of 9 figures with kaleido" in readme
+    assert json.loads((out / "summary.json").read_text())["ablation"]["ablation_layers1-2"]["layers"] == [1, 2]
+
+
+@pytest.mark.skipif(not find_png_backend().available, reason=f"no PNG backend: {find_png_backend().reason}")
+def test_export_pngs_reports_unrenderable_figures(tmp_path):
+    import plotly.graph_objects as go
+
+    bad = go.Figure(go.Heatmap(z=[[1.0]], text=[["\f"]], texttemplate="%{text}"))  # plotly.js cannot draw this
+    (tmp_path / "bad.png").write_bytes(b"stale")
+    written, failed = export_pngs([FigureSpec("good", "g", "g", go.Figure(go.Bar(x=[1], y=[1])), 300, 200),
+                                   FigureSpec("bad", "b", "b", bad, 300, 200)], tmp_path)
+    assert [p.name for p in written] == ["good.png"] and failed == ["bad"]
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_figures_png_degrades_without_browser(vector_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-browser"))
+    out = tmp_path / "fig"
+    assert _figures(vector_dir, out, "--ablation-questions", "0", "--trace-question", "") == 0
+    assert {p.stem for p in out.glob("*.html")} == BASE_FIGURES - {"projection_trace"}
+    assert not list(out.glob("*.png"))
+    err = [line for line in capsys.readouterr().err.splitlines() if "PNG" in line]
+    assert len(err) == 1 and "PNG export skipped" in err[0] and "HTML written" in err[0]
+    assert "PNG export skipped" in (out / "README.md").read_text()
+
+
+def test_figures_cli_errors(vector_dir, tmp_path, capsys):
+    assert main(["figures", "--vector", str(tmp_path / "missing"), "--out", str(tmp_path / "f")]) == 2
+    assert "figures: error" in capsys.readouterr().err
+    assert _figures(vector_dir, tmp_path / "f", "--layer", "9", "--no-png") == 2
+    assert "out of range" in capsys.readouterr().err
+    assert _figures(vector_dir, tmp_path / "f", "--ablation-layers", "1,7", "--no-png") == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+def test_ablation_names():
+    from lens_steer.viz.figures import ablation_name
+
+    assert ablation_name(None) == "ablation_all" and ablation_name([15]) == "ablation_layer15"
+    assert ablation_name([10, 11, 12]) == "ablation_layers10-12" and ablation_name([3, 7]) == "ablation_layers3_7"
+
+
+def test_paper_figures_without_model(vector_dir):
+    vec = SteeringVector.load(vector_dir)
+    paper = paper_figures(None, vec, 1, n_splits=5)
+    assert [f.name for f in paper.figures] == STRUCTURE
+    assert "model" in paper.skipped and paper.ablations == {}
+    bare = SteeringVector(directions=vec.directions, metadata=vec.metadata)
+    paper = paper_figures(None, bare, 1)
+    assert paper.figures == [] and "per-question" in paper.skipped["structure"]
+
+
+def test_write_html_modes(tmp_path):
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
+    cdn = write_html(fig, tmp_path / "a" / "cdn.html", "cdn")
+    assert "cdn.plot.ly" in cdn.read_text() and not (tmp_path / "a" / "plotly.min.js").exists()
+    write_html(fig, tmp_path / "b" / "dir.html", "directory")
+    assert (tmp_path / "b" / "plotly.min.js").is_file()
+    with pytest.raises(ValueError):
+        write_html(fig, tmp_path / "c.html", "nope")
