@@ -81,11 +81,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from lens_steer.engines.api import fast_path_status, set_fast_path
     from lens_steer.config import GenerationConfig
-from lens_steer.engines.api import generate
+    from lens_steer.engines.api import fast_path_status, generate, set_fast_path, steer
     from lens_steer.engines.hooks import attach_forward_pre_hook
-    from lens_steer.engines.api import steer
     from lens_steer.models import hf_model, load_model
     from lens_steer.prompts import encode_prompt
 

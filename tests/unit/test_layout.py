@@ -3,6 +3,7 @@ checked on the real imports, function-level ones included), no import cycle, no 
 
 import ast
 import importlib
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,13 @@ def test_public_names_still_importable():
         assert hasattr(lens_steer, name), name
     assert set(lens_steer.__all__) <= set(dir(lens_steer))
     importlib.import_module("lens_steer.cli").main  # the console script's entry point
+
+
+def test_bench_scripts_compile_and_import_existing_modules():
+    """bench/ is not run by the tests; at least its code must parse and name modules that exist."""
+    bench = PACKAGE.parent / "bench"
+    for path in sorted(bench.glob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lens_steer"):
+                assert importlib.util.find_spec(node.module) is not None, f"{path.name}: no module {node.module}"
