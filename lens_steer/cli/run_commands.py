@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from lens_steer.cli.args import (
-    add_generation_args, add_model_args, add_template_args, csv, generation_config, load_bridge, template,
+    add_generation_args, add_model_args, add_template_args, csv, generation_config, load_engine, template,
 )
 
 def add_benchmark_args(p: argparse.ArgumentParser) -> None:
@@ -42,11 +42,10 @@ def _data_settings(args):
 
 
 def _load_with_vector(args):
-    from lens_steer.engines.api import as_engine
     from lens_steer.method.vectors import SteeringVector
 
     start = time.perf_counter()
-    engine = as_engine(load_bridge(args))
+    engine = load_engine(args)
     vector = (SteeringVector.load(args.vector, model=engine, allow_other_model=args.allow_other_model)
               if args.vector is not None else None)
     return engine, vector, time.perf_counter() - start

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lens_steer.cli.args import (
     add_generation_args, add_model_args, add_question_args, add_template_args, generation_config, load_bridge,
-    questions, template,
+    load_engine, questions, require_bridge, template,
 )
 
 def _derive_args(p: argparse.ArgumentParser) -> None:
@@ -26,6 +26,7 @@ def _derive_args(p: argparse.ArgumentParser) -> None:
 
 
 def _derive(args) -> int:
+    require_bridge(args, "derive")
     from lens_steer.engines.api import as_engine
     from lens_steer.method.derive import derive_cot_vector
 
@@ -59,7 +60,6 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _generate(args) -> int:
-    from lens_steer.engines.api import as_engine
     from lens_steer.engines.base import Steering
     from lens_steer.method.vectors import SteeringVector
     from lens_steer.prompts import encode_prompt
@@ -73,7 +73,7 @@ def _generate(args) -> int:
 
         items = [{"id": e.id, "question": e.question} for e in load_questions_jsonl(args.questions)]
     vector = SteeringVector.load(args.vector) if args.vector is not None else None
-    engine = as_engine(load_bridge(args))
+    engine = load_engine(args)
     tok = engine.tokenizer
     prompts = [encode_prompt(tok, it["question"], args.prompt_style, template(args)) for it in items]
     steering = (Steering(vector, args.layer, args.coeff, args.mode, args.allow_other_model)
@@ -118,6 +118,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def _demo(args) -> int:
+    require_bridge(args, "demo")
     from lens_steer.demo import DemoSettings, run_demo
 
     return run_demo(DemoSettings(model=args.model, device=args.device, dtype=args.dtype, out=args.out,
@@ -157,6 +158,7 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
 
 
 def _figures(args) -> int:
+    require_bridge(args, "figures")
     from lens_steer.config import GenerationConfig, default_layer
     from lens_steer.data.corpus import demo_questions_path, load_questions_jsonl
     from lens_steer.data.registry import subsample

@@ -48,8 +48,8 @@ def evaluate(
 
     Items of one condition are sorted by prompt length and generated in fixed chunks of
     ``chunk_size``; after each chunk ``on_rows`` receives its rows (write them there to make
-    a run resumable). A steered chunk runs inside one :func:`~lens_steer.engines.steer`
-    context.
+    a run resumable). An engine with ``mixed_batches`` (vLLM) gets chunk ``j`` of every condition in
+    one call, each request with its own steering; others get one condition's chunk per call.
 
     Args:
         model: A ``TransformerBridge`` or an engine.
@@ -89,25 +89,37 @@ def evaluate(
         if cond.style not in prompts_by_style:
             prompts_by_style[cond.style] = [encode_prompt(tok, ex.question, cond.style, template) for ex in examples]
         prompts = prompts_by_style[cond.style]
-        for chunk in _chunks(prompts, size):
+        for j, chunk in enumerate(_chunks(prompts, size)):
             todo = [i for i in chunk if (examples[i].id, cond.key) not in done]
             if todo:
-                plan.append((cond, prompts, todo))
+                plan.append((j, cond, prompts, todo))
+    # An engine that batches requests with different steering together (vLLM) gets every condition's
+    # chunk j in one call; the bridge engine gets one condition's chunk per call.
+    if getattr(engine, "mixed_batches", False):
+        groups = [[p for p in plan if p[0] == j] for j in sorted({p[0] for p in plan})]
+    else:
+        groups = [[p] for p in plan]
     rows: list[ItemRow] = []
-    total = sum(len(todo) for _, _, todo in plan)
+    total = sum(len(todo) for *_, todo in plan)
     with tqdm(total=total, desc="evaluating", disable=not progress, unit="item") as bar:
-        for cond, prompts, todo in plan:
-            bar.set_postfix_str(cond.key, refresh=False)
-            steering = (Steering(vector, cond.layer, cond.coeff, cond.mode, allow_other_model) if cond.steered
-                        else None)
+        for group in groups:
+            bar.set_postfix_str(group[0][1].key if len(group) == 1 else f"chunk {group[0][0]}", refresh=False)
+            batch, steering, owners = [], [], []
+            for _, cond, prompts, todo in group:
+                plan_steer = (Steering(vector, cond.layer, cond.coeff, cond.mode, allow_other_model)
+                              if cond.steered else None)
+                batch += [prompts[i] for i in todo]
+                steering += [plan_steer] * len(todo)
+                owners += [(cond, i) for i in todo]
             start = time.perf_counter()
-            gens = engine.generate([prompts[i] for i in todo], generation, steering=steering, progress=False)
-            seconds = (time.perf_counter() - start) / len(todo)
-            chunk_rows = [_row(examples[i], cond, g, seconds) for i, g in zip(todo, gens, strict=True)]
+            steer_arg = steering if len(group) > 1 else steering[0]  # one condition: one spec for the call
+            gens = engine.generate(batch, generation, steering=steer_arg, progress=False)
+            seconds = (time.perf_counter() - start) / len(batch)
+            chunk_rows = [_row(examples[i], cond, g, seconds) for (cond, i), g in zip(owners, gens, strict=True)]
             if on_rows is not None:
                 on_rows(chunk_rows)
             rows.extend(chunk_rows)
-            bar.update(len(todo))
+            bar.update(len(batch))
     return rows
 
 

@@ -68,3 +68,11 @@ def test_parser_lists_commands():
     text = build_parser().format_help()
     for cmd in ("derive", "generate", "info", "demo"):
         assert cmd in text
+
+
+def test_engine_flag_refused_where_not_supported(capsys):
+    from lens_steer.cli import main
+
+    assert main(["derive", "--engine", "vllm", "--corpus", "demo", "--out", "unused"]) != 0
+    err = capsys.readouterr().err
+    assert "runs on the bridge engine only so far" in err and len(err.strip().splitlines()) == 1
