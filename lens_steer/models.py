@@ -144,11 +144,14 @@ def final_norm(model) -> tuple[Tensor | None, str]:
 
 def stop_token_ids(model) -> list[int]:
     """Token ids that end a response: the tokenizer's EOS and the generation config's EOS ids."""
+    return stop_ids_of(model.tokenizer, getattr(hf_model(model), "generation_config", None))
+
+
+def stop_ids_of(tok, gen_cfg) -> list[int]:
+    """:func:`stop_token_ids` from a tokenizer and a generation config (either may be None)."""
     ids: set[int] = set()
-    tok = model.tokenizer
     if tok is not None and tok.eos_token_id is not None:
         ids.add(int(tok.eos_token_id))
-    gen_cfg = getattr(hf_model(model), "generation_config", None)
     eos = getattr(gen_cfg, "eos_token_id", None)
     if isinstance(eos, int):
         ids.add(eos)
@@ -183,6 +186,11 @@ def _cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lens_steer")
 
 
+def _gguf_cache_dir(path: Path) -> Path:
+    """Where the de-quantised copy of a GGUF file is cached (keyed by the file's sha256)."""
+    return _cache_root() / f"{path.stem}-{_file_digest(path)[:16]}"
+
+
 def _load_gguf(path: Path, dtype: torch.dtype, use_cache: bool):
     """Load a GGUF file with transformers (dequantised), caching the result as safetensors.
 
@@ -193,7 +201,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, use_cache: bool):
 
     cache_dir = None
     if use_cache:
-        cache_dir = _cache_root() / f"{path.stem}-{_file_digest(path)[:16]}"
+        cache_dir = _gguf_cache_dir(path)
         if (cache_dir / "config.json").is_file() and (cache_dir / "model.safetensors").is_file():
             try:
                 tok = AutoTokenizer.from_pretrained(cache_dir)
@@ -230,7 +238,7 @@ def embedded_hf_dir() -> Path:
     """The embedded model as a plain Hugging Face directory (the de-quantised cache under
     ``$LENS_STEER_CACHE``, written on first use), for engines that load a directory (vLLM)."""
     path = embedded_gguf_path()
-    cache_dir = _cache_root() / f"{path.stem}-{_file_digest(path)[:16]}"
+    cache_dir = _gguf_cache_dir(path)
     if not (cache_dir / "model.safetensors").is_file():
         _load_gguf(path, torch.float32, use_cache=True)
     if not (cache_dir / "model.safetensors").is_file():

@@ -16,7 +16,7 @@ import torch
 from lens_steer.config import EMBEDDED_MODEL, GenerationConfig
 from lens_steer.engines.base import Generation, ResidualSums, normalise_steering
 from lens_steer.engines.steering import resolve_direction
-from lens_steer.models import ModelInfo, embedding_fingerprint
+from lens_steer.models import ModelInfo, embedding_fingerprint, stop_ids_of
 
 __all__ = ["VllmEngine", "vllm_available"]
 
@@ -95,16 +95,13 @@ class VllmEngine:
         if len(vllm_steer.STATE.layers) != n_layers:
             raise RuntimeError(f"steering buffers on {len(vllm_steer.STATE.layers)} of {n_layers} layers: "
                                "the decoder-layer patch did not take")
-        eos = {int(self._tokenizer.eos_token_id)} if self._tokenizer.eos_token_id is not None else set()
         try:
             from transformers import GenerationConfig as HFGenerationConfig
 
             hf_gen = HFGenerationConfig.from_pretrained(path)
-            ids = hf_gen.eos_token_id
-            eos |= {int(ids)} if isinstance(ids, int) else {int(i) for i in (ids or [])}
-        except OSError:
-            pass
-        self.stop_ids = sorted(eos)
+        except OSError:  # no generation_config.json: the tokenizer's EOS alone
+            hf_gen = None
+        self.stop_ids = stop_ids_of(self._tokenizer, hf_gen)
 
     # ------------------------------------------------------------ identity
     @property
