@@ -1,15 +1,21 @@
-"""Eval throughput, bridge engine vs vLLM engine, through the real harness (``EvalRun``), side by side.
+"""Bridge engine vs vLLM engine through the real code paths, side by side: eval, sweep, derive.
 
-Each engine runs in its own subprocess (one vLLM engine per process): the same GSM8K test items x
-direct, cot, steered-continuous, steered-single, the same greedy settings, a fresh results directory.
-Printed: wall seconds of the eval (model load excluded, engine start reported apart), generated
-tokens per second, and the ratio vLLM / bridge. The vLLM worker also times the same prompts
-unsteered and steered in one call each (steering overhead), and counts responses equal to the
-bridge engine's.
+Each engine runs in its own subprocess (one vLLM engine per process) and does, in order:
+
+* eval (``EvalRun``): the same GSM8K test items x direct, cot, steered-continuous, steered-single;
+* sweep (``EvalRun``, command ``sweep``): GSM8K train items x direct + a grid of layers x scales x
+  both modes (``--sweep-layers`` x ``--sweep-scales`` x 2 cells);
+* derive (``derive_cot_vector``): the paper corpus (286 questions, 572 generations) or its first
+  ``--derive-n`` questions.
+
+Printed: wall seconds of each (engine start reported apart), generated tokens per second, the ratio
+vLLM / bridge, responses equal between engines, the derived vectors' per-layer cosine, and the vLLM
+engine's steering overhead (the same prompts unsteered and steered in one call each).
 
 Usage::
 
     python bench/bench_vllm.py --n 32 --tokens 128          # needs `make setup-vllm` and ../shared/data
+    python bench/bench_vllm.py --skip derive,sweep          # eval only
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ def worker(spec: dict) -> dict:
 
     from lens_steer.config import GenerationConfig
     from lens_steer.engines.base import Steering
-    from lens_steer.eval import Condition, DataSettings, EvalRun, RunSettings, steered_condition
+    from lens_steer.eval import Condition, DataSettings, RunSettings, steered_condition, sweep_conditions
     from lens_steer.method.vectors import SteeringVector, VectorMetadata
     from lens_steer.prompts import encode_prompt
 
@@ -56,25 +62,48 @@ def worker(spec: dict) -> dict:
                          resid_norm=torch.full((info.n_layers,), 10.0))
     vec = SteeringVector.load(vec.save(tmp / "vec"))
     gen = GenerationConfig(max_new_tokens=spec["tokens"], batch_size=spec["batch"])
-    conditions = (Condition.baseline("direct"), Condition.baseline("cot"),
-                  steered_condition(vec, "continuous", 15, scale=0.1), steered_condition(vec, "single", 15, scale=1.0))
-    settings = RunSettings(command="eval", data=DataSettings(("gsm8k",), limit=spec["n"], data_dir=spec["data_dir"]),
-                           conditions=conditions, generation=gen, chunk_size=spec["chunk"] or None)
-    t0 = time.perf_counter()
-    out = EvalRun(tmp / "run", settings, engine, vec).run(progress=False, log=False)
-    eval_s = time.perf_counter() - t0
-    tokens = sum(s.mean_tokens * s.n for s in out.summary if s.benchmark == "gsm8k")
-    result = {"engine": spec["engine"], "load_s": load_s, "eval_s": eval_s, "tokens": tokens,
-              "rows": out.new_rows,
-              "responses": {f"{r.id}|{r.condition}": r.response for r in __import__(
-                  "lens_steer.eval.results_dir", fromlist=["read_items"]).read_items(tmp / "run" / "items.jsonl")}}
-    if spec["engine"] == "vllm":
-        examples, _ = settings.data.load()
+    result = {"engine": spec["engine"], "load_s": load_s}
+    if "eval" not in spec["skip"]:
+        conditions = (Condition.baseline("direct"), Condition.baseline("cot"),
+                      steered_condition(vec, "continuous", 15, scale=0.1), steered_condition(vec, "single", 15, scale=1.0))
+        settings = RunSettings(command="eval", data=DataSettings(("gsm8k",), limit=spec["n"], data_dir=spec["data_dir"]),
+                               conditions=conditions, generation=gen, chunk_size=spec["chunk"] or None)
+        result["eval"] = _timed_run(tmp / "eval", settings, engine, vec)
+    if "sweep" not in spec["skip"]:
+        cells = sweep_conditions(vec, spec["sweep_layers"], ["continuous", "single"],
+                                 scales={"continuous": spec["sweep_scales"],
+                                         "single": [10 * s for s in spec["sweep_scales"]]})
+        settings = RunSettings(command="sweep", data=DataSettings(("gsm8k",), split="train", limit=spec["sweep_n"],
+                                                                  data_dir=spec["data_dir"]),
+                               conditions=(Condition.baseline("direct"), *cells),
+                               generation=GenerationConfig(max_new_tokens=spec["sweep_tokens"], batch_size=spec["batch"]),
+                               chunk_size=spec["chunk"] or None)
+        result["sweep"] = _timed_run(tmp / "sweep", settings, engine, vec)
+        result["sweep"]["cells"] = len(cells)
+    if "derive" not in spec["skip"]:
+        from lens_steer.data.corpus import paper_corpus
+        from lens_steer.method.derive import derive_cot_vector
+
+        qs = paper_corpus(spec["data_dir"])[:spec["derive_n"]]
+        t0 = time.perf_counter()
+        v = derive_cot_vector(engine, qs, generation=GenerationConfig(max_new_tokens=spec["derive_tokens"],
+                                                                      batch_size=spec["derive_batch"]), progress=False)
+        wall = time.perf_counter() - t0
+        path = v.save(Path(spec["out"]) / f"derived-{spec['engine']}")
+        st = v.metadata.stats
+        result["derive"] = {"wall_s": wall, "questions": len(qs), "path": str(path),
+                            "tokens": round((st["mean_tokens_cot"] + st["mean_tokens_direct"]) * len(qs))}
+    if spec["engine"] == "vllm" and "eval" not in spec["skip"]:
+        examples, _ = DataSettings(("gsm8k",), limit=spec["n"], data_dir=spec["data_dir"]).load()
         prompts = [encode_prompt(engine.tokenizer, e.question, "direct") for e in examples]
         direction = vec.directions[15] / vec.directions[15].norm()
         times = {}
+        # c = 0: the whole steering path runs (plans, per-step index fill, bank rows) but adds zeros, so
+        # responses and lengths equal the unsteered ones and the time difference is the mechanism's cost
         for label, steer in (("unsteered", None), ("continuous", Steering(direction, 15, 4.0, "continuous")),
-                             ("unsteered2", None), ("single", Steering(direction, 15, 20.0, "single"))):
+                             ("continuous-c0", Steering(direction, 15, 0.0, "continuous")),
+                             ("unsteered2", None), ("single", Steering(direction, 15, 20.0, "single")),
+                             ("single-c0", Steering(direction, 15, 0.0, "single"))):
             t = time.perf_counter()
             gens = engine.generate(prompts, gen, steering=steer, progress=False)
             times[label] = (time.perf_counter() - t, sum(len(x.response_ids) for x in gens))
@@ -82,15 +111,36 @@ def worker(spec: dict) -> dict:
     return result
 
 
+def _timed_run(out: Path, settings, engine, vec) -> dict:
+    from lens_steer.eval import EvalRun
+    from lens_steer.eval.results_dir import read_items
+
+    t0 = time.perf_counter()
+    run = EvalRun(out, settings, engine, vec).run(progress=False, log=False)
+    wall = time.perf_counter() - t0
+    rows = read_items(out / "items.jsonl")
+    return {"wall_s": wall, "rows": run.new_rows, "tokens": sum(r.n_tokens for r in rows),
+            "responses": {f"{r.id}|{r.condition}": r.response for r in rows}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--n", type=int, default=32, help="GSM8K test items")
-    p.add_argument("--tokens", type=int, default=128)
-    p.add_argument("--batch", type=int, default=16, help="bridge batch size")
+    p.add_argument("--n", type=int, default=32, help="GSM8K test items of the eval")
+    p.add_argument("--tokens", type=int, default=128, help="new tokens of the eval")
+    p.add_argument("--sweep-n", type=int, default=8, help="GSM8K train items of the sweep")
+    p.add_argument("--sweep-tokens", type=int, default=64)
+    p.add_argument("--sweep-layers", default="10,15,20", help="comma-separated")
+    p.add_argument("--sweep-scales", default="0.05,0.1", help="continuous scales (single: 10x)")
+    p.add_argument("--derive-n", type=int, default=286, help="paper-corpus questions to derive from")
+    p.add_argument("--derive-tokens", type=int, default=96)
+    p.add_argument("--derive-batch", type=int, default=8, help="bridge batch size of the derive (the CLI default)")
+    p.add_argument("--batch", type=int, default=16, help="bridge batch size of eval and sweep")
     p.add_argument("--chunk", type=int, default=0, help="items per resumable chunk (default: batch)")
     p.add_argument("--step-tokens", type=int, default=2048, help="vLLM max_num_batched_tokens")
+    p.add_argument("--skip", default="", help="comma-separated of eval,sweep,derive")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--out", default=str(REPO / "runs" / "bench" / "vllm"), help="derived vectors go here")
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -98,23 +148,46 @@ def main() -> None:
     print("machine:", json.dumps(machine()))
     print(load_line())
     spec = {"n": args.n, "tokens": args.tokens, "batch": args.batch, "chunk": args.chunk,
-            "step_tokens": args.step_tokens, "data_dir": args.data_dir}
+            "step_tokens": args.step_tokens, "data_dir": args.data_dir, "sweep_n": args.sweep_n,
+            "sweep_tokens": args.sweep_tokens, "sweep_layers": [int(x) for x in args.sweep_layers.split(",")],
+            "sweep_scales": [float(x) for x in args.sweep_scales.split(",")], "derive_n": args.derive_n,
+            "derive_tokens": args.derive_tokens, "derive_batch": args.derive_batch, "out": args.out,
+            "skip": [x for x in args.skip.split(",") if x]}
     res = {e: run_worker(Path(__file__), {**spec, "engine": e}) for e in ("bridge", "vllm")}
     print(load_line())
-    table = Table(["engine", "engine start s", "eval wall s", "rows", "generated tokens", "tok/s", "vs bridge"])
-    base = res["bridge"]["tokens"] / res["bridge"]["eval_s"]
-    for e, r in res.items():
-        rate = r["tokens"] / r["eval_s"]
-        table.add(e, r["load_s"], r["eval_s"], r["rows"], int(r["tokens"]), rate, rate / base)
+    print("engine start s: " + ", ".join(f"{e} {r['load_s']:.1f}" for e, r in res.items()))
+    table = Table(["job", "engine", "wall s", "rows", "generated tokens", "tok/s", "vs bridge", "equal responses"])
+    for job in ("eval", "sweep", "derive"):
+        if job not in res["bridge"]:
+            continue
+        base = res["bridge"][job]["tokens"] / res["bridge"][job]["wall_s"]
+        for e, r in res.items():
+            j = r[job]
+            rate = j["tokens"] / j["wall_s"]
+            a, b = res["bridge"][job].get("responses"), j.get("responses")
+            equal = f"{sum(a[k] == b.get(k) for k in a)}/{len(a)}" if a and b else ""
+            label = f"{job} ({j['cells']} cells)" if "cells" in j else job
+            table.add(label, e, j["wall_s"], j.get("rows", j.get("questions")), int(j["tokens"]), rate, rate / base, equal)
     print(table.render())
-    a, b = res["bridge"]["responses"], res["vllm"]["responses"]
-    print(f"responses equal, vllm vs bridge: {sum(a[k] == b.get(k) for k in a)}/{len(a)}")
-    st = res["vllm"]["steer"]
-    base_rate = (st["unsteered"][1] + st["unsteered2"][1]) / (st["unsteered"][0] + st["unsteered2"][0])
-    for mode in ("continuous", "single"):
-        secs, toks = st[mode]
-        print(f"vllm {mode}: {toks / secs:.1f} tok/s vs unsteered {base_rate:.1f} "
-              f"(slowdown {base_rate / (toks / secs):.3f}; lengths differ under steering, so per-token rates)")
+    if "derive" in res["bridge"]:
+        import torch
+
+        from lens_steer.method.vectors import SteeringVector
+
+        a, b = (SteeringVector.load(res[e]["derive"]["path"]) for e in ("bridge", "vllm"))
+        cos = torch.nn.functional.cosine_similarity(a.directions, b.directions, dim=-1)
+        print(f"derived vectors ({res['vllm']['derive']['questions']} questions): per-layer cosine vllm vs bridge "
+              f"min {cos.min().item():.5f}, mean {cos.mean().item():.5f}")
+    if "steer" in res["vllm"]:
+        st = res["vllm"]["steer"]
+        base_rate = (st["unsteered"][1] + st["unsteered2"][1]) / (st["unsteered"][0] + st["unsteered2"][0])
+        for mode in ("continuous", "single"):
+            secs, toks = st[mode]
+            secs0, toks0 = st[f"{mode}-c0"]
+            print(f"vllm {mode}: {toks / secs:.1f} tok/s vs unsteered {base_rate:.1f} "
+                  f"(slowdown {base_rate / (toks / secs):.3f}; lengths differ under steering, so per-token rates); "
+                  f"at c=0 (same responses, the mechanism alone): {toks0 / secs0:.1f} tok/s, "
+                  f"slowdown {base_rate / (toks0 / secs0):.3f}")
 
 
 if __name__ == "__main__":

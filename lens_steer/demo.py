@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lens_steer.config import EMBEDDED_MODEL, GenerationConfig, default_layer, torch_dtype
+from lens_steer.config import EMBEDDED_MODEL, GenerationConfig, default_layer
 
 __all__ = ["DemoSettings", "run_demo"]
 
@@ -22,7 +22,8 @@ class DemoSettings:
     """Settings of the demo (``lens-steer demo``).
 
     Attributes:
-        model / device / dtype: What to load. out: Output directory (vector and ``demo.json``).
+        model / device / dtype: What to load. engine: ``"bridge"`` or ``"vllm"``.
+        out: Output directory (vector and ``demo.json``).
         max_new_tokens: Generation limit. layer: Steered layer (default: :func:`default_layer`).
         scale: Steering size as a fraction of the residual norm (default 0.15 continuous, 0.4 single).
         progress: Show progress bars.
@@ -31,6 +32,7 @@ class DemoSettings:
     model: str = EMBEDDED_MODEL
     device: str = "cpu"
     dtype: str = "float32"
+    engine: str = "bridge"
     out: Path = Path("runs/demo")
     max_new_tokens: int = 128
     layer: int | None = None
@@ -47,15 +49,13 @@ def _short(text: str, width: int = 100, lines: int = 4) -> str:
 def run_demo(args: DemoSettings) -> int:
     """Run the demo (see ``lens-steer demo --help``): derive, then compare answers. Returns 0."""
     from lens_steer.data.corpus import demo_questions_path, load_questions_jsonl
-    from lens_steer.engines.api import as_engine
+    from lens_steer.engines.api import open_engine
     from lens_steer.engines.base import Steering
     from lens_steer.method.derive import derive_cot_vector
-    from lens_steer.models import load_model
     from lens_steer.prompts import encode_prompt
 
     t0 = time.perf_counter()
-    model = load_model(args.model, device=args.device, dtype=torch_dtype(args.dtype))
-    engine = as_engine(model)
+    engine = open_engine(args.engine, args.model, device=args.device, dtype=args.dtype, capture_residuals=True)
     t_load = time.perf_counter() - t0
     derive_qs = load_questions_jsonl(demo_questions_path("derive"))
     heldout = load_questions_jsonl(demo_questions_path("heldout"))

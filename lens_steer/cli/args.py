@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lens_steer.config import DTYPES, EMBEDDED_MODEL, GenerationConfig, torch_dtype
+from lens_steer.config import DTYPES, EMBEDDED_MODEL, GenerationConfig
 from lens_steer.prompts import DEFAULT_TEMPLATE, PromptTemplate
 
 
@@ -16,7 +16,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--engine", choices=["bridge", "vllm"], default="bridge",
-                   help="bridge: TransformerLens (default); vllm: vLLM (`make setup-vllm`; generate, eval, sweep)")
+                   help="bridge: TransformerLens (default); vllm: vLLM (`make setup-vllm`; generate, eval, sweep, derive, demo)")
+    v = p.add_argument_group("vLLM engine (--engine vllm)")
+    v.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per model replica that split each layer")
+    v.add_argument("--pipeline-parallel-size", type=int, default=1, help="stages that split the layers (e.g. nodes)")
+    v.add_argument("--distributed-executor-backend", choices=["mp", "ray"], default=None,
+                   help="vLLM's executor for several workers: mp (one node, default) or ray (several nodes)")
+    v.add_argument("--gpu-memory-utilization", type=float, default=None,
+                   help="fraction of device memory vLLM reserves (on CPU: of RAM; default 0.85 GPU, 0.3 CPU)")
 
 
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 128) -> None:
@@ -55,31 +62,28 @@ def csv(text: str, cast=str) -> list:
     return [cast(x.strip()) for x in text.split(",") if x.strip()]
 
 
-def load_engine(args):
-    """The engine named by ``--engine`` for ``--model --device --dtype``."""
-    if getattr(args, "engine", "bridge") == "vllm":
-        from lens_steer.engines.vllm import VllmEngine
+def load_engine(args, *, capture_residuals: bool = False):
+    """The engine named by ``--engine`` for ``--model --device --dtype`` and the vLLM options (see
+    :func:`lens_steer.engines.api.open_engine`)."""
+    from lens_steer.engines.api import open_engine
 
-        if args.device not in ("cpu", "cuda"):
-            raise ValueError(f"--engine vllm places the model itself; --device {args.device} is not supported")
-        return VllmEngine(args.model, dtype=args.dtype)
-    from lens_steer.engines.api import as_engine
-
-    return as_engine(load_bridge(args))
-
-
-def require_bridge(args, command: str) -> None:
-    """One clear line when a command that needs TransformerLens hooks is asked for another engine."""
-    if getattr(args, "engine", "bridge") != "bridge":
-        raise ValueError(f"`lens-steer {command}` runs on the bridge engine only so far (--engine {args.engine} "
-                         "is supported by generate, eval and sweep)")
-
-
-def load_bridge(args):
-    """The model named by ``--model --device --dtype``, as a bridge."""
-    from lens_steer.models import load_model
-
-    return load_model(args.model, device=args.device, dtype=torch_dtype(args.dtype))
+    kind = getattr(args, "engine", "bridge")
+    options = {}
+    if kind == "vllm":
+        options = {"tensor_parallel_size": args.tensor_parallel_size,
+                   "pipeline_parallel_size": args.pipeline_parallel_size,
+                   "gpu_memory_utilization": args.gpu_memory_utilization}
+        if args.distributed_executor_backend:
+            options["distributed_executor_backend"] = args.distributed_executor_backend
+    else:
+        given = [f for f, d in (("--tensor-parallel-size", args.tensor_parallel_size != 1),
+                                ("--pipeline-parallel-size", args.pipeline_parallel_size != 1),
+                                ("--distributed-executor-backend", args.distributed_executor_backend),
+                                ("--gpu-memory-utilization", args.gpu_memory_utilization is not None)) if d]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to --engine vllm only")
+    return open_engine(kind, args.model, device=args.device, dtype=args.dtype,
+                       capture_residuals=capture_residuals, **options)
 
 
 def generation_config(args) -> GenerationConfig:

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from lens_steer.cli.args import (
-    add_generation_args, add_model_args, add_question_args, add_template_args, generation_config, load_bridge,
-    load_engine, questions, require_bridge, template,
+    add_generation_args, add_model_args, add_question_args, add_template_args, generation_config, load_engine,
+    questions, template,
 )
 
 def _derive_args(p: argparse.ArgumentParser) -> None:
@@ -26,12 +26,13 @@ def _derive_args(p: argparse.ArgumentParser) -> None:
 
 
 def _derive(args) -> int:
-    require_bridge(args, "derive")
-    from lens_steer.engines.api import as_engine
     from lens_steer.method.derive import derive_cot_vector
 
+    if args.engine != "bridge" and args.method != "fused":
+        raise ValueError(f"--method {args.method} re-reads sequences through TransformerLens hooks; "
+                         f"with --engine {args.engine} use --method fused")
     items = questions(args)
-    engine = as_engine(load_bridge(args))
+    engine = load_engine(args, capture_residuals=True)
     start = time.perf_counter()
     vector = derive_cot_vector(engine, items, template=template(args), generation=generation_config(args),
                                positions=args.positions, method=args.method, progress=not args.no_progress)
@@ -118,10 +119,10 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def _demo(args) -> int:
-    require_bridge(args, "demo")
     from lens_steer.demo import DemoSettings, run_demo
 
-    return run_demo(DemoSettings(model=args.model, device=args.device, dtype=args.dtype, out=args.out,
+    return run_demo(DemoSettings(model=args.model, device=args.device, dtype=args.dtype, engine=args.engine,
+                                 out=args.out,
                                  max_new_tokens=args.max_new_tokens, layer=args.layer, scale=args.scale,
                                  progress=not args.no_progress))
 
@@ -158,7 +159,6 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
 
 
 def _figures(args) -> int:
-    require_bridge(args, "figures")
     from lens_steer.config import GenerationConfig, default_layer
     from lens_steer.data.corpus import demo_questions_path, load_questions_jsonl
     from lens_steer.data.registry import subsample

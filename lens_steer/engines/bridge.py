@@ -204,9 +204,7 @@ class BridgeEngine:
         if not stop_ids:
             raise ValueError("the tokenizer defines no EOS token; cannot tell where a response ends")
         plans = normalise_steering(steering, len(prompts))
-        groups: dict[tuple, list[int]] = {}
-        for i, plan in enumerate(plans):
-            groups.setdefault(tuple(s.key() for s in plan), []).append(i)
+        groups = _groups(plans)
         gen = torch.Generator().manual_seed(config.seed) if config.do_sample else None
         results: list[Generation | None] = [None] * len(prompts)
         with torch.inference_mode(), tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt") as bar:
@@ -279,6 +277,35 @@ class BridgeEngine:
         keep = torch.stack(content, dim=1).cpu() if content else torch.zeros((batch, 0), dtype=torch.bool)
         return [Generation(list(p), tok[i][keep[i]].tolist(), bool((~keep[i]).any())) for i, p in enumerate(prompts)]
 
+    def first_token_logprobs(
+        self, prompts: Sequence[Sequence[int]], *, steering=None, top_k: int = 20,
+        config: GenerationConfig = GenerationConfig(),
+    ) -> list[dict[int, float]]:
+        """The ``top_k`` log-probabilities of the first response token of each prompt (one forward pass
+        over the prompt, steered as ``generate`` would steer it)."""
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt: every prompt needs at least one token")
+        plans = normalise_steering(steering, len(prompts))
+        pad_id = self.model.tokenizer.pad_token_id or 0
+        out: list[dict[int, float] | None] = [None] * len(prompts)
+        with torch.inference_mode():
+            for members in _groups(plans).values():
+                with ExitStack() as stack:
+                    if plans[members[0]]:
+                        stack.enter_context(self.steering(plans[members[0]]))
+                    forward = self.fast_path.forward()
+                    device = next(hf_model(self.model).parameters()).device
+                    for batch in plan_batches([len(prompts[i]) for i in members], config.batch_size,
+                                              config.max_batch_tokens):
+                        rows = [members[j] for j in batch]
+                        self.new_sequence()
+                        ids, mask = left_pad([prompts[i] for i in rows], pad_id, device)
+                        logits = _forward(forward, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), None)
+                        top = logits.float().log_softmax(-1).topk(top_k, dim=-1)
+                        for j, i in enumerate(rows):
+                            out[i] = dict(zip(top.indices[j].tolist(), top.values[j].tolist()))
+        return out
+
     # ------------------------------------------------------------ re-reading
     def read_residuals(
         self, sequences: Sequence[Sequence[int]], weights: Sequence[Sequence[float]], residuals: ResidualSums,
@@ -308,6 +335,14 @@ class BridgeEngine:
 
     def __repr__(self) -> str:
         return f"BridgeEngine({self.info.model_id!r})"
+
+
+def _groups(plans: Sequence[SteeringPlan]) -> dict[tuple, list[int]]:
+    """Prompt indices by steering identity (prompts that steer alike run together)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, plan in enumerate(plans):
+        groups.setdefault(tuple(s.key() for s in plan), []).append(i)
+    return groups
 
 
 _ENGINES: "weakref.WeakKeyDictionary[torch.nn.Module, BridgeEngine]" = weakref.WeakKeyDictionary()

@@ -2,8 +2,9 @@
 included (see :mod:`lens_steer.engines.vllm_steer` for how the compiled model is steered).
 
 Requests of one call are submitted together, each with its own steering plan (or none), so a sweep's
-cells and its unsteered conditions share vLLM's continuous batching. Residual means for derivation
-are not implemented on this engine yet (``residuals`` raises ``NotImplementedError``).
+cells and its unsteered conditions share vLLM's continuous batching. ``residuals`` (derivation) is
+filled from inside the compiled model by a capture op, with the bridge engine's definition: the
+stream after every block at the response tokens (stop token excluded), as running sums per request.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from lens_steer.config import EMBEDDED_MODEL, GenerationConfig
 from lens_steer.engines.base import Generation, ResidualSums, normalise_steering
 from lens_steer.engines.steering import resolve_direction
-from lens_steer.models import ModelInfo, embedding_fingerprint, stop_ids_of
+from lens_steer.models import ModelInfo, fingerprint_of_sample, fingerprint_rows, stop_ids_of
 
 __all__ = ["VllmEngine", "vllm_available"]
 
@@ -48,7 +49,12 @@ class VllmEngine:
         max_num_batched_tokens: Tokens per engine step (smaller values force chunked prefill).
         gpu_memory_utilization: Fraction of device memory for the KV cache (on CPU: of RAM).
         enforce_eager: Skip torch.compile / CUDA graphs (slower; for debugging).
-        tensor_parallel_size: Only 1 is supported with steering so far.
+        capture_residuals: Make derivation (``residuals``) possible under CUDA graphs: the capture op
+            becomes a graph split point and CUDA graphs piecewise (some decode speed). Not needed on
+            CPU or with ``enforce_eager``, where it is always possible.
+        tensor_parallel_size: Tensor-parallel workers (every rank adds the same ``c·v``: the residual
+            stream is whole on each rank after a block). ``pipeline_parallel_size`` (in ``llm_kwargs``)
+            works the same way, each stage steering and reading its own layers.
         **llm_kwargs: Passed to ``vllm.LLM``.
     """
 
@@ -58,15 +64,16 @@ class VllmEngine:
 
     def __init__(self, model: str = EMBEDDED_MODEL, *, dtype: str = "float32", max_num_batched_tokens: int = 2048,
                  gpu_memory_utilization: float | None = None, enforce_eager: bool = False,
-                 tensor_parallel_size: int = 1, seed: int = 0, **llm_kwargs) -> None:
+                 capture_residuals: bool = False, tensor_parallel_size: int = 1, seed: int = 0,
+                 **llm_kwargs) -> None:
         reason = vllm_available()
         if reason:
             raise RuntimeError(reason)
-        if tensor_parallel_size != 1 or llm_kwargs.get("pipeline_parallel_size", 1) != 1:
-            raise NotImplementedError("the vLLM engine steers in-process with one worker; tensor and pipeline "
-                                      "parallelism are not supported yet")
+        workers = int(tensor_parallel_size) * int(llm_kwargs.get("pipeline_parallel_size", 1))
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+        if workers > 1:  # the rpc_* functions travel to worker processes pickled (by reference)
+            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         from transformers import AutoConfig
         from vllm import LLM
 
@@ -79,22 +86,41 @@ class VllmEngine:
         vllm_steer.install(architecture)
         if vllm_steer.STATE.layers:
             raise RuntimeError("one VllmEngine per process: the steering buffers of the first one are in use")
+        os.environ[vllm_steer.ARCH_ENV] = architecture  # spawned / Ray workers patch themselves (plugin)
+        extra = {x for x in os.environ.get("VLLM_RAY_EXTRA_ENV_VARS_TO_COPY", "").split(",") if x}
+        os.environ["VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"] = ",".join(sorted(extra | {vllm_steer.ARCH_ENV}))
+        self.cuda_graphs = torch.cuda.is_available() and not enforce_eager
+        self.capture_residuals = capture_residuals
+        if self.cuda_graphs and capture_residuals and "compilation_config" not in llm_kwargs:
+            from vllm.config import CompilationConfig
+
+            # vLLM's default split points plus the capture op, which must run eagerly at every step
+            ops = [*CompilationConfig._attention_ops, "vllm::unified_kv_cache_update",
+                   "vllm::unified_mla_kv_cache_update", vllm_steer.CAPTURE_OP]
+            llm_kwargs["compilation_config"] = {"splitting_ops": ops, "cudagraph_mode": "PIECEWISE"}
         if gpu_memory_utilization is None:
             gpu_memory_utilization = 0.3 if not torch.cuda.is_available() else 0.85
         self.llm = LLM(model=path, dtype=dtype, max_num_batched_tokens=max_num_batched_tokens,
                        enable_prefix_caching=False, enable_chunked_prefill=True,
                        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
-                       **llm_kwargs)
+                       tensor_parallel_size=tensor_parallel_size, **llm_kwargs)
+        self.workers = workers
         self._tokenizer = self.llm.get_tokenizer()
         self._dtype = dtype
         n_layers, d_model = int(hf_config.num_hidden_layers), int(hf_config.hidden_size)
+        held = self._rpc(vllm_steer.rpc_layers)
+        missing = sorted(set(range(n_layers)) - {i for layers in held for i in layers})
+        if missing or not all(held):
+            raise RuntimeError(f"steering buffers missing on layers {missing or '-'} (workers hold "
+                               f"{[len(h) for h in held]} layers each): the decoder-layer patch did not reach every "
+                               f"worker; install lens_steer in the workers' environment so vLLM loads its plugin")
         vocab = int(hf_config.vocab_size)
-        fingerprint = self.llm.apply_model(
-            lambda m: embedding_fingerprint(m.model.embed_tokens.weight[:vocab]))[0]
+        rows = list(fingerprint_rows(vocab))
+        sample: dict[int, torch.Tensor] = {}
+        for part in self._rpc(vllm_steer.rpc_embedding_rows, rows):
+            sample.update(part)
+        fingerprint = fingerprint_of_sample((vocab, d_model), torch.stack([sample[r] for r in rows]))
         self._info = ModelInfo(self.model_id, architecture, n_layers, d_model, fingerprint)
-        if len(vllm_steer.STATE.layers) != n_layers:
-            raise RuntimeError(f"steering buffers on {len(vllm_steer.STATE.layers)} of {n_layers} layers: "
-                               "the decoder-layer patch did not take")
         try:
             from transformers import GenerationConfig as HFGenerationConfig
 
@@ -123,11 +149,17 @@ class VllmEngine:
     def attention_kernel(self) -> str:
         return "vllm"
 
+    # ------------------------------------------------------------ workers
+    def _rpc(self, fn, *args) -> list:
+        """``fn(worker, *args)`` on every worker (in-process with one worker)."""
+        return self.llm.collective_rpc(fn, args=args)
+
     # ------------------------------------------------------------ generation
     def _register_plans(self, plans) -> list[str | None]:
-        from lens_steer.engines.vllm_steer import STATE
+        from lens_steer.engines.vllm_steer import rpc_add_plans
 
         keys: dict[tuple, str] = {}
+        tables: dict[str, dict[int, tuple[torch.Tensor, bool]]] = {}
         out: list[str | None] = []
         for plan in plans:
             if not plan:
@@ -147,48 +179,99 @@ class VllmEngine:
                     else:
                         deltas[s.layer] = (direction, s.mode == "single")
                 keys[ident] = f"plan{len(keys)}"
-                STATE.add_plan(keys[ident], deltas)
+                tables[keys[ident]] = deltas
             out.append(keys[ident])
+        if tables:
+            self._rpc(rpc_add_plans, tables)
         return out
+
+    def _submit(self, prompts: list[list[int]], steering, make_params, *, progress: bool,
+                residuals: ResidualSums | None = None, max_new: int = 0):
+        """Submit every prompt at once, each with its steering plan (and capture row); returns vLLM's outputs.
+        ``make_params(i, extra_args)`` builds request ``i``'s ``SamplingParams``."""
+        from vllm.inputs import TokensPrompt
+
+        from lens_steer.engines import vllm_steer as vs
+
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt: every prompt needs at least one token")
+        plans = normalise_steering(steering, len(prompts))
+        self._rpc(vs.rpc_clear)
+        try:
+            keys = self._register_plans(plans)
+            if residuals is not None:
+                self._rpc(vs.rpc_start_capture, len(prompts), self.info.n_layers, residuals.positions, max_new)
+            params = []
+            for i, key in enumerate(keys):
+                extra = {vs.EXTRA_KEY: key} if key is not None else {}
+                if residuals is not None:
+                    extra[vs.ROW_KEY] = i
+                params.append(make_params(i, extra or None))
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+                                        use_tqdm=progress)
+            if residuals is not None:
+                self._add_capture(residuals, self._rpc(vs.rpc_capture_result))
+        finally:
+            self._rpc(vs.rpc_clear)
+        return outputs
+
+    def _add_capture(self, residuals: ResidualSums, parts) -> None:
+        """Add the workers' sums to ``residuals``: each layer once (tensor-parallel ranks hold copies,
+        pipeline stages their own layers); token counts are the same on every worker."""
+        done: set[int] = set()
+        for layers, sums, norms, counts in parts:
+            for j, layer in enumerate(layers):
+                if layer not in done:
+                    residuals.sums[:, layer] += sums[:, j]
+                    residuals.norm_sums[:, layer] += norms[:, j]
+                    done.add(layer)
+        residuals.counts += torch.from_numpy(parts[0][3]).to(torch.float64)
 
     def generate(self, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig(), *,
                  steering=None, residuals: ResidualSums | None = None, progress: bool = True,
                  desc: str = "generating") -> list[Generation]:
         """See :meth:`lens_steer.engines.base.Engine.generate`; all prompts go to vLLM in one call."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
-        from lens_steer.engines.vllm_steer import EXTRA_KEY, STATE
-
-        if residuals is not None:
-            raise NotImplementedError("residual means (derivation) are not implemented on the vLLM engine yet; "
-                                      "derive with --engine bridge")
         prompts = [list(map(int, p)) for p in prompts]
+        if residuals is not None:
+            if residuals.sums.shape != (len(prompts), self.info.n_layers, self.info.d_model):
+                raise ValueError(f"residual sums of shape {tuple(residuals.sums.shape)} do not fit {len(prompts)} "
+                                 f"prompts x {self.info.n_layers} layers x {self.info.d_model}")
+            if self.cuda_graphs and not self.capture_residuals:
+                raise ValueError("residual capture under CUDA graphs needs VllmEngine(..., capture_residuals=True)")
         if not prompts:
             return []
-        plans = normalise_steering(steering, len(prompts))
-        STATE.clear()
-        try:
-            keys = self._register_plans(plans)
-            params = []
-            for i, key in enumerate(keys):
-                sample = config.do_sample
-                params.append(SamplingParams(
-                    max_tokens=config.max_new_tokens, temperature=config.temperature if sample else 0.0,
-                    top_p=config.top_p if sample else 1.0, seed=(config.seed + i) if sample else None,
-                    stop_token_ids=self.stop_ids, detokenize=False,
-                    extra_args={EXTRA_KEY: key} if key is not None else None))
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
-                                        use_tqdm=progress)
-        finally:
-            STATE.clear()
+        # With residual sums, one more token is generated so the last response token is fed back (and
+        # read) also when a response is cut at max_new_tokens; the extra token is dropped below.
+        n_new = config.max_new_tokens + (1 if residuals is not None else 0)
+        sample = config.do_sample
+
+        def make_params(i, extra):
+            return SamplingParams(max_tokens=n_new, temperature=config.temperature if sample else 0.0,
+                                  top_p=config.top_p if sample else 1.0, seed=(config.seed + i) if sample else None,
+                                  stop_token_ids=self.stop_ids, detokenize=False, extra_args=extra)
+
+        outputs = self._submit(prompts, steering, make_params, progress=progress, residuals=residuals,
+                               max_new=config.max_new_tokens)
         stop = set(self.stop_ids)
         gens = []
         for prompt, out in zip(prompts, outputs, strict=True):
-            ids = list(out.outputs[0].token_ids)
+            ids = list(out.outputs[0].token_ids)[:config.max_new_tokens]
             cut = next((j for j, t in enumerate(ids) if t in stop), None)
             response = ids if cut is None else ids[:cut]
             gens.append(Generation(prompt_ids=prompt, response_ids=response, stopped=cut is not None,
                                    text=self._tokenizer.decode(response, skip_special_tokens=True)))
         return gens
 
+    def first_token_logprobs(self, prompts: Sequence[Sequence[int]], *, steering=None,
+                             top_k: int = 20) -> list[dict[int, float]]:
+        """The ``top_k`` log-probabilities (of the raw logits) of the first response token of each prompt."""
+        from vllm import SamplingParams
+
+        prompts = [list(map(int, p)) for p in prompts]
+        if not prompts:
+            return []
+        outputs = self._submit(prompts, steering, lambda i, extra: SamplingParams(
+            max_tokens=1, temperature=0.0, logprobs=top_k, detokenize=False, extra_args=extra), progress=False)
+        return [{int(t): float(lp.logprob) for t, lp in out.outputs[0].logprobs[0].items()} for out in outputs]

@@ -70,9 +70,17 @@ def test_parser_lists_commands():
         assert cmd in text
 
 
-def test_engine_flag_refused_where_not_supported(capsys):
+def test_two_pass_derivation_refused_off_the_bridge(capsys):
     from lens_steer.cli import main
 
-    assert main(["derive", "--engine", "vllm", "--corpus", "demo", "--out", "unused"]) != 0
+    assert main(["derive", "--engine", "vllm", "--method", "two_pass", "--corpus", "demo", "--out", "unused"]) != 0
     err = capsys.readouterr().err
-    assert "runs on the bridge engine only so far" in err and len(err.strip().splitlines()) == 1
+    assert "use --method fused" in err and len(err.strip().splitlines()) == 1
+
+
+def test_vllm_options_refused_on_the_bridge(capsys):
+    from lens_steer.cli import main
+
+    assert main(["generate", "--prompt", "What is 2+2?", "--tensor-parallel-size", "2"]) != 0
+    err = capsys.readouterr().err
+    assert "--tensor-parallel-size apply to --engine vllm only" in err and len(err.strip().splitlines()) == 1

@@ -79,13 +79,64 @@ def test_mixed_batch_equals_each_request_alone(vllm_engine, prompts, direction):
 
 
 def test_bad_steering_is_refused_in_one_line(vllm_engine, prompts, direction):
+    from lens_steer.engines.base import ResidualSums
+
     with pytest.raises(IndexError, match="out of range"):
         vllm_engine.generate(prompts[:1], CFG, steering=Steering(direction, 30, 1.0), progress=False)
     with pytest.raises(ValueError, match="width"):
         vllm_engine.generate(prompts[:1], CFG, steering=Steering(torch.ones(64), 3, 1.0), progress=False)
-    with pytest.raises(NotImplementedError, match="derive with --engine bridge"):
-        from lens_steer.engines.base import ResidualSums
-
-        vllm_engine.generate(prompts[:1], CFG, residuals=ResidualSums(1, 30, 576), progress=False)
+    with pytest.raises(ValueError, match="do not fit"):
+        vllm_engine.generate(prompts[:2], CFG, residuals=ResidualSums(1, 30, 576), progress=False)
     # the engine still works afterwards, unsteered
     assert vllm_engine.generate(prompts[:1], CFG, progress=False)[0].response_ids
+
+
+@pytest.mark.parametrize("mode,coeff", [(None, 0.0), ("continuous", 6.0), ("single", 30.0)])
+def test_first_token_logprobs_agree_with_the_bridge(vllm_engine, bridge, prompts, direction, mode, coeff):
+    steering = Steering(direction, LAYER, coeff, mode) if mode else None
+    a = vllm_engine.first_token_logprobs(prompts, steering=steering, top_k=10)
+    b = bridge.first_token_logprobs(prompts, steering=steering, top_k=10)
+    worst = 0.0
+    for x, y in zip(a, b, strict=True):
+        common = set(x) & set(y)
+        assert len(common) >= 8  # the same top tokens (ties at the cut-off may swap)
+        worst = max(worst, max(abs(x[t] - y[t]) for t in common))
+    print(f"{mode or 'plain'}: first-token log-probabilities, largest difference {worst:.2e} over 16 prompts x top 10")
+    assert worst <= 1e-3
+    if mode:
+        plain = bridge.first_token_logprobs(prompts, top_k=10)
+        assert any(set(p) != set(q) or max(abs(p[t] - q[t]) for t in p) > 0.1 for p, q in zip(plain, b))
+
+
+@pytest.mark.parametrize("positions", ["generated", "all"])
+def test_residual_means_match_the_bridge(vllm_engine, bridge, prompts, positions):
+    from lens_steer.method.collect import collect_residual_means
+
+    cfg = GenerationConfig(max_new_tokens=16, batch_size=16)  # 16 short of the step: every prefill is chunked
+    a = collect_residual_means(vllm_engine, prompts, cfg, positions=positions, progress=False)
+    b = collect_residual_means(bridge, prompts, cfg, positions=positions, progress=False)
+    same = [i for i, (x, y) in enumerate(zip(a.generations, b.generations)) if x.response_ids == y.response_ids]
+    assert len(same) >= 14
+    assert torch.equal(a.counts[same], b.counts[same])  # stop excluded, cut responses' last token included
+    expect = torch.tensor([len(g.response_ids) + (len(g.prompt_ids) if positions == "all" else 0)
+                           for g in a.generations])
+    assert torch.equal(a.counts, expect)
+    cos = torch.nn.functional.cosine_similarity(a.means[same], b.means[same], dim=-1)
+    rel = ((a.norms[same] - b.norms[same]).abs() / b.norms[same]).max().item()
+    print(f"{positions}: per-request residual means, cosine to the bridge min {cos.min().item():.6f} over "
+          f"{len(same)} requests x 30 layers; mean norms within {rel:.1e}")
+    assert cos.min() >= 0.9999 and rel <= 1e-4
+
+
+def test_derived_vector_matches_the_bridge(vllm_engine, bridge):
+    from lens_steer.method.derive import derive_cot_vector
+
+    qs = load_questions_jsonl(demo_questions_path("derive"))[:12]
+    cfg = GenerationConfig(max_new_tokens=32, batch_size=12)
+    a = derive_cot_vector(vllm_engine, qs, generation=cfg, progress=False)
+    b = derive_cot_vector(bridge, qs, generation=cfg, progress=False)
+    cos = torch.nn.functional.cosine_similarity(a.directions, b.directions, dim=-1)
+    print(f"derived vector (12 questions, 32 tokens): per-layer cosine to the bridge engine's min "
+          f"{cos.min().item():.6f}, mean {cos.mean().item():.6f}")
+    assert cos.min() >= 0.999
+    assert a.metadata.generation.get("engine") == "vllm"
