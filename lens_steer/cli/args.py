@@ -116,3 +116,22 @@ def questions(args) -> list:
     if args.limit is not None:
         items = subsample(items, args.limit, args.corpus_seed)
     return items
+
+
+def locked(command: str, run):
+    """``run(args)`` holding the writer lock of ``args.out`` from the start, so a second writer is refused
+    before any model loads (see :class:`lens_steer.storage.DirLock`); a dead holder's lock is taken over
+    with a note on stderr."""
+
+    def run_locked(args) -> int:
+        import sys
+
+        from lens_steer.storage import DirLock
+
+        with DirLock(args.out, f"lens-steer {command}") as lock:
+            if lock.took_over:
+                print(f"{args.out}: took over the lock of {lock.took_over}", file=sys.stderr)
+            return run(args)
+
+    run_locked.__name__ = run.__name__
+    return run_locked

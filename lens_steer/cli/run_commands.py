@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from lens_steer.cli.args import (
-    add_generation_args, add_model_args, add_template_args, csv, generation_config, load_engine, template,
+    add_generation_args, add_model_args, add_template_args, csv, generation_config, load_engine, locked, template,
 )
 
 def add_benchmark_args(p: argparse.ArgumentParser) -> None:
@@ -224,14 +224,18 @@ def _report(args) -> int:
         eval_run, eval_summary, sweep_run=sweep_run, sweep_summary=sweep_summary, sweep_best=sweep_best,
         heatmaps=heatmaps, sources=sources, command=shlex.join(["lens-steer", *args.argv]),
         title=args.title, notes=args.note, vector_config=vector_config)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    from lens_steer.storage import atomic_write, storage_errors
+
+    with storage_errors(args.out):
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out, text)
     print(f"wrote {args.out}")
     return 0
 
 
 COMMANDS = [
-    ("eval", "run conditions (direct, cot, steered, ...) on benchmarks; resumable", _eval_args, _eval),
-    ("sweep", "grid search over layers x coefficients x modes on a dev subset; resumable", _sweep_args, _sweep),
+    ("eval", "run conditions (direct, cot, steered, ...) on benchmarks; resumable", _eval_args, locked("eval", _eval)),
+    ("sweep", "grid search over layers x coefficients x modes on a dev subset; resumable", _sweep_args,
+     locked("sweep", _sweep)),
     ("report", "write the markdown results document from eval/sweep directories", _report_args, _report),
 ]

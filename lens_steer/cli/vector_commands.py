@@ -11,8 +11,10 @@ from pathlib import Path
 
 from lens_steer.cli.args import (
     add_generation_args, add_model_args, add_question_args, add_template_args, generation_config, load_engine,
-    questions, template,
+    locked, questions, template,
 )
+from lens_steer.storage import json_text
+
 
 def _derive_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
@@ -22,20 +24,36 @@ def _derive_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--positions", choices=["generated", "prompt", "all"], default="generated")
     p.add_argument("--method", choices=["fused", "two_pass"], default="fused",
                    help="fused: read activations while generating; two_pass: re-run prompt+response")
+    p.add_argument("--chunk-questions", type=int, default=32,
+                   help="questions per checkpointed chunk: a killed derive resumes from the last finished chunk "
+                        "(0: one chunk, no checkpoints)")
     p.add_argument("--out", type=Path, required=True, help="directory to write the vector to")
 
 
 def _derive(args) -> int:
+    from lens_steer.data.questions import as_questions, questions_hash
+    from lens_steer.method.checkpoint import DeriveCheckpoint
     from lens_steer.method.derive import derive_cot_vector
 
     if args.engine != "bridge" and args.method != "fused":
         raise ValueError(f"--method {args.method} re-reads sequences through TransformerLens hooks; "
                          f"with --engine {args.engine} use --method fused")
+    if args.chunk_questions < 0:
+        raise ValueError(f"--chunk-questions must be 0 (no checkpoints) or more, got {args.chunk_questions}")
     items = questions(args)
     engine = load_engine(args, capture_residuals=True)
+    gen = generation_config(args)
+    checkpoint = None
+    if args.chunk_questions:
+        qs = as_questions(items)
+        checkpoint = DeriveCheckpoint(args.out, {
+            "model": engine.info.to_dict(), "engine": engine.name, "questions": questions_hash(qs),
+            "n_questions": len(qs), "template": template(args).to_dict(), "generation": gen.to_dict(),
+            "positions": args.positions, "method": args.method, "chunk_questions": args.chunk_questions})
     start = time.perf_counter()
-    vector = derive_cot_vector(engine, items, template=template(args), generation=generation_config(args),
-                               positions=args.positions, method=args.method, progress=not args.no_progress)
+    vector = derive_cot_vector(engine, items, template=template(args), generation=gen, positions=args.positions,
+                               method=args.method, progress=not args.no_progress,
+                               chunk_questions=args.chunk_questions or None, checkpoint=checkpoint)
     vector.metadata.stats["wall_seconds"] = round(time.perf_counter() - start, 2)
     vector.save(args.out)
     print(vector.summary())
@@ -66,7 +84,7 @@ def _generate(args) -> int:
     from lens_steer.prompts import encode_prompt
 
     if args.vector is not None and (args.layer is None or args.coeff is None):
-        raise SystemExit("error: --vector needs --layer and --coeff")
+        raise ValueError("--vector needs --layer and --coeff")
     if args.prompt is not None:
         items = [{"id": "prompt", "question": args.prompt}]
     else:
@@ -74,11 +92,11 @@ def _generate(args) -> int:
 
         items = [{"id": e.id, "question": e.question} for e in load_questions_jsonl(args.questions)]
     vector = SteeringVector.load(args.vector) if args.vector is not None else None
+    steering = (Steering(vector, args.layer, args.coeff, args.mode, args.allow_other_model)  # checked before loading
+                if vector is not None else None)
     engine = load_engine(args)
     tok = engine.tokenizer
     prompts = [encode_prompt(tok, it["question"], args.prompt_style, template(args)) for it in items]
-    steering = (Steering(vector, args.layer, args.coeff, args.mode, args.allow_other_model)
-                if vector is not None else None)
     gens = engine.generate(prompts, generation_config(args), steering=steering, progress=not args.no_progress)
     out = open(args.out, "w") if args.out else sys.stdout
     try:
@@ -87,7 +105,7 @@ def _generate(args) -> int:
                    "prompt": tok.decode(p), "response": g.text, "n_tokens": len(g.response_ids),
                    "stopped": g.stopped, "vector": str(args.vector) if vector is not None else None,
                    "layer": args.layer, "coeff": args.coeff, "mode": args.mode if vector is not None else None}
-            out.write(json.dumps(row) + "\n")
+            out.write(json_text(row, indent=None) + "\n")
     finally:
         if out is not sys.stdout:
             out.close()
@@ -217,9 +235,10 @@ def _figures(args) -> int:
 
 
 COMMANDS = [
-    ("derive", "derive a CoT steering vector", _derive_args, _derive),
+    ("derive", "derive a CoT steering vector", _derive_args, locked("derive", _derive)),
     ("generate", "answer questions with or without a steering vector", _generate_args, _generate),
     ("info", "describe a saved steering vector", _info_args, _info),
     ("demo", "derive on the packaged demo questions and compare answers", _demo_args, _demo),
-    ("figures", "regenerate every analysis figure of a vector as HTML and PNG, with a README", _figures_args, _figures),
+    ("figures", "regenerate every analysis figure of a vector as HTML and PNG, with a README", _figures_args,
+     locked("figures", _figures)),
 ]

@@ -3,7 +3,9 @@ typed field access, lettered option text, and the hub (``datasets``, imported la
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,12 @@ __all__ = [
     "iter_jsonl",
     "missing",
     "read_json",
+    "read_text",
     "require_file",
 ]
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""A JSON ``\\uD800``-``\\uDFFF`` escape: half of a pair, or a lone surrogate no UTF-8 text can hold."""
 
 
 def missing(path: Path, what: str, layout: str) -> FileNotFoundError:
@@ -37,28 +43,48 @@ def require_file(path: Path, what: str, layout: str) -> None:
         raise missing(path, what, layout)
 
 
+def read_text(path: Path) -> str:
+    """The file's text as UTF-8 (a leading BOM dropped); bad bytes raise :class:`DataFormatError` with their line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataFormatError(path, f"not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})", line) from e
+
+
+def _parse_json(text: str, path: Path, line: int | None) -> Any:
+    """``json.loads`` whose every failure (syntax, a number too long, nesting too deep, a lone
+    surrogate escape) is a :class:`DataFormatError` at ``line`` (None for a whole file: the error's own line)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        at = e.lineno if line is None else line
+        raise DataFormatError(path, f"invalid JSON ({e.msg} at column {e.colno})", at) from e
+    except (ValueError, RecursionError) as e:  # ints over sys.get_int_max_str_digits(); very deep nesting
+        raise DataFormatError(path, f"invalid JSON ({type(e).__name__}: {e})", line) from e
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataFormatError(path, "a \\u escape encodes a lone surrogate, which is not Unicode text", line) from e
+    return obj
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(1-based line number, object)`` for each non-blank line."""
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(path, f"invalid JSON ({e.msg} at column {e.colno})", lineno) from e
-            if not isinstance(obj, dict):
-                raise DataFormatError(path, f"expected a JSON object, got {type(obj).__name__}", lineno)
-            yield lineno, obj
+    for lineno, line in enumerate(io.StringIO(read_text(path), newline=None), start=1):
+        if not line.strip():
+            continue
+        obj = _parse_json(line, path, lineno)
+        if not isinstance(obj, dict):
+            raise DataFormatError(path, f"expected a JSON object, got {type(obj).__name__}", lineno)
+        yield lineno, obj
 
 
 def read_json(path: Path) -> dict[str, Any]:
     """Read a JSON object file; errors name the file and line."""
-    try:
-        with path.open(encoding="utf-8-sig") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataFormatError(path, f"invalid JSON ({e.msg} at column {e.colno})", e.lineno) from e
+    data = _parse_json(read_text(path), path, None)
     if not isinstance(data, dict):
         raise DataFormatError(path, "expected a JSON object", 1)
     return data

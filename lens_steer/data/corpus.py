@@ -105,12 +105,13 @@ def load_questions_jsonl(path: str | os.PathLike[str]) -> list[Example]:
         path: The ``.jsonl`` file.
 
     Returns:
-        One :class:`Example` per non-blank line.
+        One :class:`Example` per non-blank line (at least one).
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        DataFormatError: For bad JSON, a missing/empty ``"question"``, a non-string
-            optional field or a duplicate id (message names file and 1-based line).
+        DataFormatError: For bytes that are not UTF-8, bad JSON, a missing/empty ``"question"``,
+            a non-string optional field or a duplicate id (message names file and 1-based line),
+            and for a file with no questions at all.
     """
     path = Path(path)
     if not path.is_file():
@@ -137,4 +138,6 @@ def load_questions_jsonl(path: str | os.PathLike[str]) -> list[Example]:
             raise DataFormatError(path, f"duplicate id {fields['id']!r} (first on line {first})", lineno)
         seen[fields["id"]] = lineno
         out.append(Example(id=fields["id"], source=fields["source"], question=question, answer=fields["answer"]))
+    if not out:
+        raise DataFormatError(path, "no questions in the file (it is empty or holds only blank lines)")
     return out

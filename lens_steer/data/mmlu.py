@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from lens_steer.data._records import format_mc, get_str, hub_label, hub_load, missing, require_file
+from lens_steer.data._records import format_mc, get_str, hub_label, hub_load, missing, read_text, require_file
 from lens_steer.data.example import LETTERS, DataFormatError, Example
 from lens_steer.data.spec import BenchmarkSpec
 
@@ -45,23 +46,22 @@ def _example(
 
 def _read_csv(path: Path, subject: str, split: str) -> list[Example]:
     out: list[Example] = []
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        index = 0
-        while True:
-            start = reader.line_num + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                raise DataFormatError(path, f"CSV error: {e}", start) from e
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != 6:
-                raise DataFormatError(path, f"expected 6 columns (question,A,B,C,D,answer), got {len(row)}", start)
-            out.append(_example(row[0], row[1:5], row[5].strip(), subject, split, index, path, start))
-            index += 1
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    index = 0
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise DataFormatError(path, f"CSV error: {e}", start) from e
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != 6:
+            raise DataFormatError(path, f"expected 6 columns (question,A,B,C,D,answer), got {len(row)}", start)
+        out.append(_example(row[0], row[1:5], row[5].strip(), subject, split, index, path, start))
+        index += 1
     return out
 
 

@@ -13,6 +13,8 @@ Modes:
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
@@ -24,7 +26,8 @@ from lens_steer.engines.base import Steering
 from lens_steer.engines.hooks import attach, attach_forward_pre_hook
 from lens_steer.models import ModelInfo, hf_model, model_info, resid_post_name
 
-__all__ = ["SingleSteerer", "ablate_direction", "resolve_direction", "resolve_directions", "steering_hooks"]
+__all__ = ["LARGE_STEERING", "SingleSteerer", "ablate_direction", "resolve_direction", "resolve_directions",
+           "steering_delta", "steering_hooks"]
 
 
 def resolve_directions(
@@ -72,6 +75,39 @@ def resolve_direction(info: ModelInfo, vector, layer: int, *, allow_other_model:
     return direction
 
 
+LARGE_STEERING = 10.0
+"""A steering whose ``‖c·v‖`` exceeds this multiple of the layer's mean residual norm is warned about."""
+
+
+def steering_delta(info: ModelInfo, s) -> Float[Tensor, "d_model"]:
+    """``c·v`` (float32) of a :class:`~lens_steer.engines.base.Steering`, checked the same way for every
+    engine and entry point.
+
+    Raises:
+        IndexError: layer out of range. ValueError: non-finite coefficient or vector, an all-zero
+        direction (steering with it does nothing), wrong width. ModelMismatchError: another model's vector.
+
+    Warns:
+        RuntimeWarning: ``‖c·v‖`` above :data:`LARGE_STEERING` times the layer's mean residual norm
+        (known for a ``SteeringVector``): allowed, since users explore, but outputs may degenerate.
+    """
+    coeff = float(s.coeff)
+    if not math.isfinite(coeff):
+        raise ValueError(f"steering coefficient must be finite, got {s.coeff}")
+    direction = resolve_direction(info, s.vector, s.layer, allow_other_model=s.allow_other_model).to(torch.float32)
+    norm = float(direction.norm())
+    if norm == 0.0:
+        raise ValueError(f"the direction at layer {s.layer} is all zeros: steering with it would change nothing")
+    resid = getattr(s.vector, "resid_norm", None)
+    if resid is not None and 0 <= s.layer < len(resid) and float(resid[s.layer]) > 0:
+        ratio = abs(coeff) * norm / float(resid[s.layer])
+        if ratio > LARGE_STEERING:
+            warnings.warn(f"steering at layer {s.layer} with c={coeff:g} adds a vector {ratio:.0f}x the layer's mean "
+                          f"residual norm ({float(resid[s.layer]):.3g}); expect degenerate text", RuntimeWarning,
+                          stacklevel=3)
+    return coeff * direction
+
+
 class SingleSteerer:
     """Adds ``delta`` to the prompt positions only; tracks the cache offset of each pass."""
 
@@ -115,8 +151,7 @@ def steering_hooks(model, plan: Sequence[Steering], info: ModelInfo, registry: l
     param = next(hf_model(model).parameters())
     deltas = []
     for s in plan:
-        direction = resolve_direction(info, s.vector, s.layer, allow_other_model=s.allow_other_model)
-        deltas.append((float(s.coeff) * direction.to(torch.float32)).to(device=param.device, dtype=param.dtype))
+        deltas.append(steering_delta(info, s).to(device=param.device, dtype=param.dtype))
     with ExitStack() as stack:
         for s, delta in zip(plan, deltas):
             name = resid_post_name(s.layer)

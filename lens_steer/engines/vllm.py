@@ -16,7 +16,7 @@ import torch
 
 from lens_steer.config import EMBEDDED_MODEL, GenerationConfig
 from lens_steer.engines.base import Generation, ResidualSums, normalise_steering
-from lens_steer.engines.steering import resolve_direction
+from lens_steer.engines.steering import steering_delta
 from lens_steer.models import ModelInfo, fingerprint_of_sample, fingerprint_rows, stop_ids_of
 
 __all__ = ["VllmEngine", "vllm_available"]
@@ -169,8 +169,7 @@ class VllmEngine:
             if ident not in keys:
                 deltas: dict[int, tuple[torch.Tensor, bool]] = {}
                 for s in plan:
-                    direction = resolve_direction(self.info, s.vector, s.layer,
-                                                  allow_other_model=s.allow_other_model).float() * float(s.coeff)
+                    direction = steering_delta(self.info, s)
                     if s.layer in deltas:
                         prev, single = deltas[s.layer]
                         if single != (s.mode == "single"):

@@ -9,9 +9,11 @@ import os
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from lens_steer.config import settings_diff
 from lens_steer.eval.conditions import Condition
 from lens_steer.eval.record import RUN_FORMAT_VERSION, Invocation, RunRecord
 from lens_steer.eval.results import ItemRow, SummaryRow, summarise
+from lens_steer.storage import atomic_write, json_text, storage_errors, write_json
 
 __all__ = [
     "ITEMS_FILE",
@@ -37,23 +39,16 @@ class RunSettingsMismatch(ValueError):
     """A results directory holds rows made with other settings; resuming into it would mix them."""
 
 
-def _diff(saved, now, prefix: str = "") -> list[str]:
-    if isinstance(saved, dict) and isinstance(now, dict):
-        out = []
-        for k in sorted(set(saved) | set(now), key=str):
-            out += _diff(saved.get(k, "<absent>"), now.get(k, "<absent>"), f"{prefix}{k}.")
-        return out
-    return [] if saved == now else [f"{prefix.rstrip('.')}: {saved!r} (saved) vs {now!r} (now)"]
-
-
 def open_results_dir(
-    out: str | os.PathLike[str], settings: Mapping, *, optional: Collection[str] = ("vector",)
+    out: str | os.PathLike[str], settings: Mapping, *, optional: Collection[str] = ("vector",), log=None,
 ) -> set[tuple[str, str]]:
     """Create or reopen a results directory; return the ``(item id, condition key)`` pairs done.
 
     A new directory gets ``run.json`` with ``settings``. An existing one must hold the same
     settings (compared as JSON): otherwise :class:`RunSettingsMismatch` names each difference.
-    A last line of ``items.jsonl`` cut short by an interruption is removed.
+    A last line of ``items.jsonl`` cut short by an interruption is removed, and rows written twice
+    (two writers at once, before directories were locked) are repaired: identical duplicates
+    (timing aside) are dropped, conflicting ones keep their first row and are named on ``log``.
 
     Args:
         out: The directory.
@@ -69,7 +64,8 @@ def open_results_dir(
         The done keys.
     """
     path = Path(out)
-    path.mkdir(parents=True, exist_ok=True)
+    with storage_errors(path):
+        path.mkdir(parents=True, exist_ok=True)
     run_file = path / RUN_FILE
     settings = json.loads(json.dumps(settings))
     if run_file.is_file():
@@ -86,7 +82,7 @@ def open_results_dir(
             if old.get(key) is None or now.get(key) is None:
                 old.pop(key, None)
                 now.pop(key, None)
-        diffs = _diff(old, now)
+        diffs = settings_diff(old, now)
         if diffs:
             raise RunSettingsMismatch(
                 f"{path} holds results made with other settings, so it cannot be resumed: "
@@ -94,13 +90,43 @@ def open_results_dir(
             )
         if filled:
             saved["settings"] = {**saved["settings"], **filled}
-            _write_json(run_file, saved)
+            write_json(run_file, saved)
     else:
         if (path / ITEMS_FILE).exists():
             raise RunSettingsMismatch(f"{path} has {ITEMS_FILE} but no {RUN_FILE}: cannot tell how it was made")
-        _write_json(run_file, {"format_version": RUN_FORMAT_VERSION, "settings": settings, "invocations": []})
+        write_json(run_file, {"format_version": RUN_FORMAT_VERSION, "settings": settings, "invocations": []})
     _drop_partial_line(path / ITEMS_FILE)
-    return done_keys(read_items(path / ITEMS_FILE))
+    rows = read_items(path / ITEMS_FILE)
+    message = _repair_duplicates(path / ITEMS_FILE, rows)
+    if message and log:
+        print(message, file=log)
+    return done_keys(read_items(path / ITEMS_FILE)) if message else done_keys(rows)
+
+
+def _repair_duplicates(path: Path, rows: Sequence[ItemRow]) -> str | None:
+    """Rewrite ``items.jsonl`` with each ``(id, condition)`` once; a message when anything was repaired."""
+    first: dict[tuple[str, str], dict] = {}
+    kept, dropped, conflicts = [], 0, []
+    for r in rows:
+        d = r.to_dict()
+        key = (r.id, r.condition)
+        if key not in first:
+            first[key] = d
+            kept.append(d)
+            continue
+        dropped += 1
+        same = {k: v for k, v in d.items() if k != "gen_seconds"} == {
+            k: v for k, v in first[key].items() if k != "gen_seconds"}
+        if not same:
+            conflicts.append(f"{key[0]} / {key[1]}")
+    if not dropped:
+        return None
+    atomic_write(path, "".join(json_text(d, indent=None) + "\n" for d in kept))
+    msg = f"{path}: removed {dropped} repeated item rows"
+    if conflicts:
+        shown = ", ".join(conflicts[:5]) + (f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
+        msg += f"; {len(conflicts)} of them differed from the first row, which was kept: {shown}"
+    return msg
 
 
 def _drop_partial_line(path: Path) -> None:
@@ -108,7 +134,7 @@ def _drop_partial_line(path: Path) -> None:
         return
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
+        with storage_errors(path), open(path, "r+b") as f:
             f.truncate(data.rfind(b"\n") + 1)
 
 
@@ -146,8 +172,8 @@ def append_items(path: str | os.PathLike[str], rows: Sequence[ItemRow]) -> None:
     """Append rows to ``items.jsonl`` in one write, flushed and synced to disk."""
     if not rows:
         return
-    text = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in rows)
-    with open(path, "a", encoding="utf-8") as f:
+    text = "".join(json_text(r.to_dict(), indent=None) + "\n" for r in rows)
+    with storage_errors(path), open(path, "a", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -176,14 +202,14 @@ def record_invocation(
         invocations[index] = {**invocations[index], **invocation}
     known = {c["key"] for c in run.setdefault("conditions", [])}
     run["conditions"] += [c.to_dict() for c in conditions if c.key not in known]
-    _write_json(run_file, run)
+    write_json(run_file, run)
     return index
 
 
 def write_summary(out: str | os.PathLike[str], summary: Sequence[SummaryRow], **extra) -> Path:
     """Write ``summary.json``: ``{**extra, "summary": [...]}``. Returns its path."""
     path = Path(out) / SUMMARY_FILE
-    _write_json(path, {**extra, "summary": [s.to_dict() for s in summary]})
+    write_json(path, {**extra, "summary": [s.to_dict() for s in summary]})
     return path
 
 
@@ -214,9 +240,3 @@ def read_run(out: str | os.PathLike[str]) -> RunRecord:
         return RunRecord.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError, ValueError) as exc:
         raise ValueError(f"{path} is unreadable: {exc}") from exc
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +27,7 @@ from lens_steer.eval.results_dir import (
 )
 from lens_steer.eval.sweep import BEST_RULE, best_steered
 from lens_steer.prompts import DEFAULT_TEMPLATE, PromptTemplate
+from lens_steer.storage import DirLock, StorageError
 
 __all__ = ["DataSettings", "EvalRun", "RunOutcome", "RunSettings"]
 
@@ -181,11 +183,17 @@ class EvalRun:
             progress: Show a progress bar.
             log: Where to print one-line status messages (default ``sys.stderr``; None-like ``False`` mutes).
         """
+        log = sys.stderr if log is None else log
+        with DirLock(self.out, f"lens-steer {self.settings.command}") as lock:
+            if lock.took_over and log:
+                print(f"{self.out}: took over the lock of {lock.took_over}", file=log)
+            return self._run(progress, log)
+
+    def _run(self, progress: bool, log) -> RunOutcome:
         import torch
 
-        log = sys.stderr if log is None else log
         st = self.settings
-        done = open_results_dir(self.out, self.settings_json())
+        done = open_results_dir(self.out, self.settings_json(), log=log)
         wanted = {(e.id, c.key) for e in self.examples for c in st.conditions}
         if log:
             print(f"{len(self.examples)} items x {len(st.conditions)} conditions: {len(wanted & done)} of "
@@ -220,7 +228,9 @@ class EvalRun:
                 print(f"lens-steer {st.command}: interrupted after {added} new rows; run the same command again to "
                       "resume", file=log)
         finally:
-            record_invocation(self.out, invocation(completed), index=index)
+            # a second storage error while one is propagating (a full disk) must not hide the first
+            with contextlib.suppress(StorageError) if sys.exc_info()[0] is not None else contextlib.nullcontext():
+                record_invocation(self.out, invocation(completed), index=index)
         summary = summarise(read_items(self.out / ITEMS_FILE), n_boot=N_BOOT, seed=BOOT_SEED)
         extra: dict = {"complete": completed, "bootstrap": {"n_boot": N_BOOT, "seed": BOOT_SEED}}
         best = None

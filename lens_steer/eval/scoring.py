@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 
 from lens_steer.data.registry import LETTERS, Example, answer_kind
 
@@ -42,15 +42,14 @@ def canonical_number(text: str) -> str | None:
     s = s.rstrip(".")
     if s.startswith("+"):
         s = s[1:]
-    if not re.fullmatch(r"-?(?:\d+(?:\.\d*)?|\.\d+)", s):
+    s = "".join(str(unicodedata.decimal(ch, ch)) for ch in s)  # other scripts' digits ("٣") as ASCII
+    m = re.fullmatch(r"(-?)(\d*)(?:\.(\d*))?", s)
+    if m is None or not (m.group(2) or m.group(3)):
         return None
-    try:
-        d = Decimal(s)
-    except InvalidOperation:  # pragma: no cover - the regex already guards this
-        return None
-    if d == d.to_integral_value():
-        return str(int(d))
-    return format(d.normalize(), "f")
+    # on the digits, not through int() or Decimal: exact at any length (int() refuses > 4300 digits)
+    whole, frac = m.group(2).lstrip("0") or "0", (m.group(3) or "").rstrip("0")
+    value = f"{whole}.{frac}" if frac else whole
+    return value if value == "0" else m.group(1) + value
 
 
 def _numbers(text: str) -> list[tuple[int, str]]:

@@ -25,7 +25,7 @@ from lens_steer.engines.base import POSITIONS, Generation, Positions, ResidualSu
 Method = Literal["fused", "two_pass"]
 METHODS: tuple[str, ...] = ("fused", "two_pass")
 
-__all__ = ["METHODS", "POSITIONS", "Method", "Positions", "ResidualMeans", "collect_residual_means"]
+__all__ = ["METHODS", "POSITIONS", "Method", "Positions", "ResidualMeans", "collect_residual_means", "concat_means"]
 
 
 @dataclass
@@ -89,3 +89,10 @@ def collect_residual_means(
         engine.read_residuals(sequences, weights, sums, config, progress=progress)
     means, counts, norms = sums.means()
     return ResidualMeans(means=means, counts=counts, norms=norms, generations=generations)
+
+
+def concat_means(parts: Sequence[ResidualMeans]) -> ResidualMeans:
+    """One :class:`ResidualMeans` from consecutive chunks, in order."""
+    return ResidualMeans(means=torch.cat([p.means for p in parts]), counts=torch.cat([p.counts for p in parts]),
+                         norms=torch.cat([p.norms for p in parts]),
+                         generations=[g for p in parts for g in p.generations])

@@ -12,7 +12,7 @@ from lens_steer._version import __version__
 from lens_steer.config import GenerationConfig
 from lens_steer.data.questions import Question, as_questions, questions_hash
 from lens_steer.engines.api import as_engine
-from lens_steer.method.collect import Method, Positions, collect_residual_means
+from lens_steer.method.collect import Method, Positions, collect_residual_means, concat_means
 from lens_steer.method.vectors import SteeringVector, VectorMetadata
 from lens_steer.prompts import DEFAULT_TEMPLATE, PromptTemplate, encode_prompt
 
@@ -31,6 +31,8 @@ def derive_cot_vector(
     method: Method = "fused",
     keep_responses: bool = True,
     progress: bool = True,
+    chunk_questions: int | None = None,
+    checkpoint=None,
 ) -> SteeringVector:
     """Derive a CoT steering vector at every layer in one generation pass.
 
@@ -50,6 +52,11 @@ def derive_cot_vector(
         method: ``"fused"`` or ``"two_pass"`` (see :mod:`lens_steer.method.collect`).
         keep_responses: Keep the generated responses in the vector.
         progress: Show progress bars.
+        chunk_questions: Generate this many questions at a time (None: all at once). The chunking
+            is part of the numerics (it decides the batches), so resuming needs the same value.
+        checkpoint: Where finished chunks are stored and found again, e.g.
+            :class:`~lens_steer.method.checkpoint.DeriveCheckpoint` (``open() -> done indices``,
+            ``save(i, means)``, ``load(i, prompts)``); needs ``chunk_questions``.
 
     Returns:
         The :class:`SteeringVector`.
@@ -63,7 +70,23 @@ def derive_cot_vector(
     for q in qs:
         prompts.append(encode_prompt(tok, q.text, "cot", template))
         prompts.append(encode_prompt(tok, q.text, "direct", template))
-    res = collect_residual_means(engine, prompts, generation, positions=positions, method=method, progress=progress)
+    if checkpoint is not None and not chunk_questions:
+        raise ValueError("a checkpointed derivation needs chunk_questions")
+    if chunk_questions is not None and chunk_questions < 1:
+        raise ValueError(f"chunk_questions must be at least 1, got {chunk_questions}")
+    step = 2 * (chunk_questions or len(qs))
+    done = checkpoint.open() if checkpoint is not None else set()
+    parts = []
+    for i, start in enumerate(range(0, len(prompts), step)):
+        chunk = prompts[start:start + step]
+        if i in done:
+            parts.append(checkpoint.load(i, chunk))
+            continue
+        part = collect_residual_means(engine, chunk, generation, positions=positions, method=method, progress=progress)
+        if checkpoint is not None:
+            checkpoint.save(i, part)
+        parts.append(part)
+    res = parts[0] if len(parts) == 1 else concat_means(parts)
     cot, direct = res.means[0::2], res.means[1::2]
     ok = (res.counts[0::2] > 0) & (res.counts[1::2] > 0)
     skipped = [q.id for q, good in zip(qs, ok.tolist()) if not good]
@@ -91,7 +114,8 @@ def derive_cot_vector(
         questions=[q.text for q in kept],
         corpus_hash=questions_hash(kept),
         generation={**generation.to_dict(), "attention": engine.attention_kernel(),
-                    **({} if engine.name == "bridge" else {"engine": engine.name})},
+                    **({} if engine.name == "bridge" else {"engine": engine.name}),
+                    **({"chunk_questions": chunk_questions} if chunk_questions else {})},
         package_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         skipped_ids=skipped,

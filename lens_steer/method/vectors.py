@@ -8,7 +8,8 @@ derivation kept them, ``responses.jsonl``.
 from __future__ import annotations
 
 import hashlib
-import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lens_steer.data._records import iter_jsonl, read_json
+from lens_steer.data.example import DataFormatError
 from lens_steer.models import ModelInfo, model_info
 
 TENSORS_FILE = "vector.safetensors"
@@ -26,6 +29,18 @@ FORMAT_VERSION = 1
 
 class VectorFileError(ValueError):
     """A saved vector is missing, corrupt or inconsistent."""
+
+
+CHECKPOINT_DIR = ".derive-partial"
+"""A derivation's checkpoint inside its output directory (see :mod:`lens_steer.method.checkpoint`)."""
+
+
+def _is_vector_dir(path: Path) -> bool:
+    """Whether ``path`` may be replaced by a vector: empty, a vector, or a derivation checkpoint."""
+    if not path.is_dir():
+        return False
+    names = {p.name for p in path.iterdir()}
+    return not names or CONFIG_FILE in names or names <= {CHECKPOINT_DIR}
 
 
 class ModelMismatchError(ValueError):
@@ -98,6 +113,39 @@ class VectorMetadata:
     stats: dict = field(default_factory=dict)
 
 
+_FIELD_TYPES = {"str": str, "int": int, "dict": dict, "list[str]": list}
+"""The JSON type of each :class:`VectorMetadata` field, by its annotation."""
+
+
+@contextmanager
+def _as_vector_error() -> Iterator[None]:
+    """Re-raise a located file error (bad UTF-8 or JSON, a line that is not an object) as :class:`VectorFileError`."""
+    try:
+        yield
+    except DataFormatError as exc:
+        raise VectorFileError(f"corrupt steering vector: {exc}") from exc
+
+
+def _metadata_of(meta: object, path: Path) -> VectorMetadata:
+    """The ``metadata`` object of a config file, each field checked against its type."""
+    if not isinstance(meta, dict):
+        raise VectorFileError(f"corrupt steering vector: {path}: 'metadata' is {type(meta).__name__}, not an object")
+    kwargs = {}
+    for f in fields(VectorMetadata):
+        if f.name not in meta:
+            continue
+        value = meta[f.name]
+        ok = isinstance(value, _FIELD_TYPES[f.type]) and not isinstance(value, bool)
+        if not ok or (f.type == "list[str]" and not all(isinstance(v, str) for v in value)):
+            raise VectorFileError(f"corrupt steering vector: {path}: metadata field {f.name!r} is not {f.type} "
+                                  f"(got {type(value).__name__})")
+        kwargs[f.name] = value
+    try:
+        return VectorMetadata(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise VectorFileError(f"corrupt steering vector: {path}: {exc}") from exc
+
+
 @dataclass
 class SteeringVector:
     """A CoT steering vector.
@@ -127,6 +175,12 @@ class SteeringVector:
             raise ValueError(f"directions shape {tuple(self.directions.shape)} != metadata {shape}")
         if self.per_question is not None and tuple(self.per_question.shape[1:]) != shape:
             raise ValueError(f"per_question shape {tuple(self.per_question.shape)} does not end in {shape}")
+        bad = (~torch.isfinite(self.directions)).any(dim=-1)
+        if bad.any():
+            layers = bad.nonzero().flatten().tolist()
+            shown = f"{layers[:8]}{' ...' if len(layers) > 8 else ''}"
+            raise ValueError(f"directions hold NaN or infinite values at {len(layers)} of {len(bad)} layers "
+                             f"{shown}: not a usable steering vector")
 
     @property
     def n_layers(self) -> int:
@@ -171,24 +225,43 @@ class SteeringVector:
             )
 
     def save(self, path: str | Path) -> Path:
-        """Write the vector directory (created if needed). Returns its path."""
+        """Write the vector directory. Returns its path.
+
+        Atomic: the files are written to a new directory beside ``path``, which then takes its place
+        in one step, so an existing vector there is replaced only by a complete one (a kill at any
+        point leaves the old vector or the new). A directory that holds something other than a
+        vector (or a derivation checkpoint) is not overwritten.
+        """
         from safetensors.torch import save_file
 
+        from lens_steer.storage import json_text, replace_dir, storage_errors, temp_dir_beside
+
         out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = {"directions": self.directions.detach().float().contiguous().cpu()}
-        if self.per_question is not None:
-            tensors["per_question"] = self.per_question.detach().float().contiguous().cpu()
-        if self.resid_norm is not None:
-            tensors["resid_norm"] = self.resid_norm.detach().float().contiguous().cpu()
-        save_file(tensors, str(out / TENSORS_FILE))
-        digest = hashlib.sha256((out / TENSORS_FILE).read_bytes()).hexdigest()
-        config = {"format_version": FORMAT_VERSION, "tensors_sha256": digest, "metadata": asdict(self.metadata)}
-        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        if self.responses is not None:
-            with open(out / RESPONSES_FILE, "w") as f:
-                for r in self.responses:
-                    f.write(json.dumps(r) + "\n")
+        if out.exists() and not _is_vector_dir(out):
+            raise VectorFileError(f"{out} exists and is not a steering vector directory; not overwriting it "
+                                  "(choose another output path)")
+        tmp = temp_dir_beside(out)
+        try:
+            with storage_errors(tmp):
+                tensors = {"directions": self.directions.detach().float().contiguous().cpu()}
+                if self.per_question is not None:
+                    tensors["per_question"] = self.per_question.detach().float().contiguous().cpu()
+                if self.resid_norm is not None:
+                    tensors["resid_norm"] = self.resid_norm.detach().float().contiguous().cpu()
+                save_file(tensors, str(tmp / TENSORS_FILE))
+                digest = hashlib.sha256((tmp / TENSORS_FILE).read_bytes()).hexdigest()
+                config = {"format_version": FORMAT_VERSION, "tensors_sha256": digest, "metadata": asdict(self.metadata)}
+                (tmp / CONFIG_FILE).write_text(json_text(config) + "\n")
+                if self.responses is not None:
+                    with open(tmp / RESPONSES_FILE, "w") as f:
+                        for r in self.responses:
+                            f.write(json_text(r, indent=None) + "\n")
+            replace_dir(tmp, out)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return out
 
     @classmethod
@@ -201,7 +274,8 @@ class SteeringVector:
             allow_other_model: See :meth:`check_compatible`.
 
         Raises:
-            VectorFileError: missing or corrupt files. ModelMismatchError: wrong model.
+            VectorFileError: missing or corrupt files, named in the message (with the line, in
+                ``responses.jsonl``). ModelMismatchError: wrong model.
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -212,15 +286,13 @@ class SteeringVector:
         for name in (CONFIG_FILE, TENSORS_FILE):
             if not (src / name).is_file():
                 raise VectorFileError(f"{src} is not a complete steering vector: {name} is missing")
-        try:
-            config = json.loads((src / CONFIG_FILE).read_text())
-            meta_dict = config["metadata"]
-            known = {f.name for f in fields(VectorMetadata)}
-            metadata = VectorMetadata(**{k: v for k, v in meta_dict.items() if k in known})
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise VectorFileError(f"{src / CONFIG_FILE} is corrupt: {exc}") from exc
+        with _as_vector_error():
+            config = read_json(src / CONFIG_FILE)
+        if "metadata" not in config:
+            raise VectorFileError(f"corrupt steering vector: {src / CONFIG_FILE} has no 'metadata'")
+        metadata = _metadata_of(config["metadata"], src / CONFIG_FILE)
         if config.get("format_version") != FORMAT_VERSION:
-            raise VectorFileError(f"{src} has format version {config.get('format_version')}, expected {FORMAT_VERSION}")
+            raise VectorFileError(f"{src} has format version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
         raw = (src / TENSORS_FILE).read_bytes()
         if hashlib.sha256(raw).hexdigest() != config.get("tensors_sha256"):
             raise VectorFileError(f"{src / TENSORS_FILE} does not match the checksum in {CONFIG_FILE}: file corrupt or edited")
@@ -230,16 +302,23 @@ class SteeringVector:
             raise VectorFileError(f"{src / TENSORS_FILE} is unreadable: {exc}") from exc
         if "directions" not in tensors:
             raise VectorFileError(f"{src / TENSORS_FILE} holds no 'directions' tensor")
+        for name, tensor in tensors.items():
+            if not tensor.is_floating_point():
+                raise VectorFileError(f"{src / TENSORS_FILE}: tensor {name!r} is {tensor.dtype}, not floating point")
+        resid_norm = tensors.get("resid_norm")
+        if resid_norm is not None and tuple(resid_norm.shape) != (metadata.n_layers,):
+            raise VectorFileError(f"{src / TENSORS_FILE}: resid_norm shape {tuple(resid_norm.shape)} != "
+                                  f"({metadata.n_layers},)")
         responses = None
         if (src / RESPONSES_FILE).is_file():
-            with open(src / RESPONSES_FILE) as f:
-                responses = [json.loads(line) for line in f if line.strip()]
+            with _as_vector_error():
+                responses = [obj for _, obj in iter_jsonl(src / RESPONSES_FILE)]
         try:
             vector = cls(
                 directions=tensors["directions"],
                 metadata=metadata,
                 per_question=tensors.get("per_question"),
-                resid_norm=tensors.get("resid_norm"),
+                resid_norm=resid_norm,
                 responses=responses,
                 source=VectorRef(path=str(src.resolve()), model_id=metadata.model_id, corpus_hash=metadata.corpus_hash,
                                  tensors_sha256=config.get("tensors_sha256"), n_questions=len(metadata.question_ids)),

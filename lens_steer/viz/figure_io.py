@@ -7,7 +7,6 @@ and MathJax switched off, so the page loads nothing from the network.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import plotly
 
+from lens_steer.storage import atomic_write, json_text, storage_errors, write_json
 from lens_steer.viz.figure_settings import FigureSettings
 from lens_steer.viz.figures import FigureSpec, PaperFigures
 from lens_steer.viz.headline import headline_lines
@@ -115,10 +115,11 @@ def write_html(fig, path: str | Path, plotlyjs: str = "directory") -> Path:
     if plotlyjs not in PLOTLYJS_MODES:
         raise ValueError(f"plotlyjs must be one of {PLOTLYJS_MODES}, got {plotlyjs!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     include = True if plotlyjs == "inline" else plotlyjs
-    fig.write_html(str(path), include_plotlyjs=include, full_html=True,
-                   config={"displaylogo": False, "responsive": True})
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.write_html(str(path), include_plotlyjs=include, full_html=True,
+                       config={"displaylogo": False, "responsive": True})
     return path
 
 
@@ -281,18 +282,15 @@ def write_paper_figures(
         report.png_message = "PNG export not requested (--no-png)."
     summary = out / "summary.json"
     recorded = {"command": command} | ({"settings": settings.to_dict()} if settings is not None else {})
-    summary.write_text(json.dumps({**recorded, "vector": vector_info, **paper.numbers.to_dict(),
-                                   "skipped": paper.skipped}, indent=2, ensure_ascii=False) + "\n")
+    write_json(summary, {**recorded, "vector": vector_info, **paper.numbers.to_dict(), "skipped": paper.skipped})
     report.other.append(summary)
     for name, result in paper.ablations.items():
         path = out / f"{name}.jsonl"
-        with open(path, "w") as f:
-            for row in result.per_question():
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        atomic_write(path, "".join(json_text(row, indent=None) + "\n" for row in result.per_question()))
         report.other.append(path)
     readme = out / "README.md"
-    readme.write_text(readme_text(paper, command=command, vector_info=vector_info, html_mode=plotlyjs,
-                                  png_message=report.png_message, wrote_png=[p.stem for p in report.png],
-                                  settings=settings))
+    atomic_write(readme, readme_text(paper, command=command, vector_info=vector_info, html_mode=plotlyjs,
+                                     png_message=report.png_message, wrote_png=[p.stem for p in report.png],
+                                     settings=settings))
     report.other.append(readme)
     return report

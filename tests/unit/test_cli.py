@@ -70,10 +70,12 @@ def test_parser_lists_commands():
         assert cmd in text
 
 
-def test_two_pass_derivation_refused_off_the_bridge(capsys):
+def test_two_pass_derivation_refused_off_the_bridge(capsys, tmp_path):
     from lens_steer.cli import main
 
-    assert main(["derive", "--engine", "vllm", "--method", "two_pass", "--corpus", "demo", "--out", "unused"]) != 0
+    out = tmp_path / "unused"
+    assert main(["derive", "--engine", "vllm", "--method", "two_pass", "--corpus", "demo", "--out", str(out)]) != 0
+    assert not list(tmp_path.iterdir())  # refused before anything was written (the lock file removed again)
     err = capsys.readouterr().err
     assert "use --method fused" in err and len(err.strip().splitlines()) == 1
 
@@ -84,3 +86,38 @@ def test_vllm_options_refused_on_the_bridge(capsys):
     assert main(["generate", "--prompt", "What is 2+2?", "--tensor-parallel-size", "2"]) != 0
     err = capsys.readouterr().err
     assert "--tensor-parallel-size apply to --engine vllm only" in err and len(err.strip().splitlines()) == 1
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_generate_question_file_errors_are_one_line(tmp_path, capsys):
+    """Refused before any model loads: not UTF-8 (file and line named), no questions, --vector without --layer."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"question": "ok"}\n{"question": "caf\xe9"}\n')
+    assert main(["generate", "--questions", str(bad)]) == 2
+    assert f"{bad}, line 2: not valid UTF-8" in _one_line_error(capsys)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert main(["generate", "--questions", str(empty)]) == 2
+    assert f"{empty}: no questions" in _one_line_error(capsys)
+    assert main(["generate", "--prompt", "Hi", "--vector", str(tmp_path / "v"), "--coeff", "1"]) == 2
+    assert "--vector needs --layer and --coeff" in _one_line_error(capsys)
+
+
+def test_figures_on_an_unreachable_hub_model_fails_in_seconds(tmp_path, capsys, unreachable_hub):
+    import time
+
+    import torch
+
+    from lens_steer.method.vectors import VectorMetadata
+
+    meta = VectorMetadata(model_id="no-such-org/no-such-model-xyz", model_fingerprint="", n_layers=2, d_model=3)
+    SteeringVector(directions=torch.ones(2, 3), metadata=meta).save(tmp_path / "v")
+    start = time.perf_counter()
+    assert main(["figures", "--vector", str(tmp_path / "v"), "--out", str(tmp_path / "figs"), "--no-png"]) == 2
+    assert time.perf_counter() - start < 15
+    assert "the hub is unreachable" in _one_line_error(capsys)

@@ -1,11 +1,13 @@
 """load_model resolution and errors, hook-name helpers, bridge-vs-HF logits."""
 
 import copy
+import time
 
 import pytest
 import torch
 
 from conftest import make_tiny_hf
+from lens_steer import models
 from lens_steer.models import (
     ModelLoadError,
     check_layer,
@@ -89,6 +91,31 @@ def test_hub_name_error_is_clear(monkeypatch):
         raise OSError("hub unreachable")
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    monkeypatch.setattr(models, "_hub_unreachable", lambda: None)  # the hub answers
     with pytest.raises(ModelLoadError, match="no-such-org/no-such-model-xyz.*Hugging Face hub.*hub unreachable"):
         load_model("no-such-org/no-such-model-xyz")
     assert seen == ["no-such-org/no-such-model-xyz"]
+
+
+def test_unreachable_hub_reads_the_cache_at_once(monkeypatch, unreachable_hub):
+    """No minute of retries: one probe, then from_pretrained on the local cache only."""
+    import transformers
+
+    assert "ConnectError" in models._hub_unreachable()
+    seen = []
+
+    def cached_only(name, *args, **kwargs):
+        seen.append(kwargs.get("local_files_only"))
+        raise OSError("not in the cache")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", cached_only)
+    with pytest.raises(ModelLoadError, match=r"the hub is unreachable \(ConnectError.*no usable copy.*not in the cache"):
+        load_model("no-such-org/no-such-model-xyz")
+    assert seen == [True]
+
+
+def test_unreachable_hub_fails_in_seconds(unreachable_hub):
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="the hub is unreachable") as info:
+        load_model("no-such-org/no-such-model-xyz")
+    assert time.perf_counter() - start < 15 and "\n" not in str(info.value)

@@ -311,6 +311,17 @@ def test_mmlu_bad_row_line_counts_embedded_newlines(data_copy: Path) -> None:
         load_mmlu("dev", data_copy)
 
 
+def test_files_not_utf8_name_file_and_line(data_copy: Path) -> None:
+    csv_path = data_copy / "mmlu" / "dev" / "beta_subject_dev.csv"
+    csv_path.write_bytes(b"q,a,b,c,d,A\n\"two\nlines \xff\",a,b,c,d,B\n")
+    with pytest.raises(DataFormatError, match=r"beta_subject_dev\.csv, line 3: not valid UTF-8"):
+        load_mmlu("dev", data_copy)
+    json_path = data_copy / "bigbench_lite" / "operators" / "task.json"
+    json_path.write_bytes(b'{"name": "operators",\n "examples": [{"input": "\xc3", "target": "1"}]}')
+    with pytest.raises(DataFormatError, match=r"operators/task\.json, line 2: not valid UTF-8"):
+        load_bbl("operators", data_copy)
+
+
 def test_arc_bad_answer_key(data_copy: Path) -> None:
     path = data_copy / "arc" / "ARC-Challenge-Dev.jsonl"
     good = path.read_text(encoding="utf-8")

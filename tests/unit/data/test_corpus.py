@@ -129,6 +129,21 @@ def test_load_questions_jsonl_errors(tmp_path: Path, text: str, line: int, messa
     assert f"line {line}" in str(info.value) and str(path) in str(info.value) and message in str(info.value)
 
 
+def test_load_questions_jsonl_not_utf8_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(b'{"question": "ok"}\n\n{"question": "caf\xe9?"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(DataFormatError, match=r"q\.jsonl, line 3: not valid UTF-8 \(byte 0xe9") as info:
+        load_questions_jsonl(path)
+    assert info.value.line == 3 and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n"])
+def test_load_questions_jsonl_without_questions(tmp_path: Path, text: str) -> None:
+    path = _write(tmp_path, "empty.jsonl", text)
+    with pytest.raises(DataFormatError, match=r"empty\.jsonl: no questions in the file"):
+        load_questions_jsonl(path)
+
+
 def test_load_questions_jsonl_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         load_questions_jsonl(tmp_path / "nope.jsonl")

@@ -77,6 +77,25 @@ def test_missing_and_corrupt_files(tmp_path, vector):
         SteeringVector.load(path)
 
 
+@pytest.mark.parametrize("bad, problem", [(b'{"id": "a"}\n{"id": "b", "response": "\xff"}\n', "not valid UTF-8"),
+                                          (b'{"id": "a"}\n{"id": "b",\n', "invalid JSON"),
+                                          (b'{"id": "a"}\n["b"]\n', "expected a JSON object")])
+def test_corrupt_responses_name_the_file_and_line(tmp_path, vector, bad, problem):
+    path = vector.save(tmp_path / "v")
+    (path / "responses.jsonl").write_bytes(bad)
+    with pytest.raises(VectorFileError, match=rf"{path / 'responses.jsonl'}, line 2: {problem}"):
+        SteeringVector.load(path)
+
+
+def test_config_field_of_the_wrong_type(tmp_path, vector):
+    path = vector.save(tmp_path / "v")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["metadata"]["question_ids"] = 3
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(VectorFileError, match=r"config\.json: metadata field 'question_ids' is not list\[str\]"):
+        SteeringVector.load(path)
+
+
 def test_mismatch_errors(tmp_path, vector):
     path = vector.save(tmp_path / "v")
     wide, _ = make_tiny_bridge(0, hidden=32)

@@ -1,0 +1,1 @@
+"""Property-based tests: random and mutated inputs to the file readers and the answer extractors."""
