@@ -13,7 +13,6 @@ Modes:
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -84,16 +83,14 @@ def steering_delta(info: ModelInfo, s) -> Float[Tensor, "d_model"]:
     engine and entry point.
 
     Raises:
-        IndexError: layer out of range. ValueError: non-finite coefficient or vector, an all-zero
+        IndexError: layer out of range. ValueError: a non-finite vector, an all-zero
         direction (steering with it does nothing), wrong width. ModelMismatchError: another model's vector.
 
     Warns:
         RuntimeWarning: ``‖c·v‖`` above :data:`LARGE_STEERING` times the layer's mean residual norm
         (known for a ``SteeringVector``): allowed, since users explore, but outputs may degenerate.
     """
-    coeff = float(s.coeff)
-    if not math.isfinite(coeff):
-        raise ValueError(f"steering coefficient must be finite, got {s.coeff}")
+    coeff = float(s.coeff)  # finite: checked when the Steering was made
     direction = resolve_direction(info, s.vector, s.layer, allow_other_model=s.allow_other_model).to(torch.float32)
     norm = float(direction.norm())
     if norm == 0.0:
