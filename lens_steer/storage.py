@@ -2,7 +2,7 @@
 
 Every artefact the package writes goes through here:
 
-* :func:`atomic_write` (bytes / text / JSON): a temporary file in the same directory, ``fsync``,
+* :func:`atomic_write` (bytes / text / JSON) and :func:`atomic_file` (a path for another writer): a temporary file in the same directory, ``fsync``,
   ``os.replace``, then an ``fsync`` of the directory, so a reader sees the old file or the new one,
   never a part; the temporary is removed if anything fails.
 * :func:`replace_dir`: a fully written temporary directory takes the place of an existing one in
@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["DirLock", "LockedError", "StorageError", "atomic_write", "json_text", "replace_dir",
+__all__ = ["DirLock", "LockedError", "StorageError", "atomic_file", "atomic_write", "json_text", "replace_dir",
            "storage_errors", "write_json"]
 
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG, errno.EIO}
@@ -96,16 +96,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file in the same directory, fsync, rename)."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that needs a file name (``GGUFWriter``, ...); on a
+    clean exit it is ``fsync``-ed and renamed onto ``path``, on an error removed."""
     path = Path(path)
-    blob = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with storage_errors(path):
         try:
-            with open(tmp, "wb") as f:
-                f.write(blob)
-                f.flush()
+            yield tmp
+            with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
@@ -113,7 +113,14 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
                 tmp.unlink()
             raise
         _fsync_dir(path.parent)
-    return path
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file in the same directory, fsync, rename)."""
+    blob = data.encode() if isinstance(data, str) else data
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(blob)
+    return Path(path)
 
 
 def write_json(path: str | os.PathLike[str], obj) -> Path:

@@ -340,6 +340,12 @@ class SteeringVector:
         ]
         if rel is not None and torch.isfinite(rel).all():
             lines.append(f"  |v|/|resid| per layer: min {rel.min():.3f}, max {rel.max():.3f}")
+        imported = self.metadata.stats.get("imported")
+        if isinstance(imported, dict):
+            layers = imported.get("layers") or []
+            span = f"{layers[0]}..{layers[-1]} ({len(layers)})" if len(layers) > 4 else ",".join(map(str, layers))
+            lines.append(f"  imported from {imported.get('format')} {imported.get('path') or imported.get('object', '')}: "
+                         f"directions at layers {span} only, no per-question vectors")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -24,11 +24,13 @@ ALLOWED = {
     "data": {"storage", "config"},
     "method": {"storage", "_version", "config", "models", "engines", "data", "prompts"},
     "eval": {"storage", "config", "models", "engines", "data", "method", "prompts"},
+    "interop": {"storage", "_version", "config", "models", "engines", "data", "method", "prompts"},
     "analysis": {"storage", "config", "models", "engines", "data", "method", "eval", "prompts"},
     "viz": {"storage", "config", "models", "engines", "data", "method", "eval", "analysis", "prompts"},
     "notebook": {"storage", "config", "models", "engines", "data", "method", "eval", "analysis", "viz", "prompts"},
     "demo": {"storage", "config", "models", "engines", "data", "method", "eval", "analysis", "viz", "prompts"},
-    "cli": {"storage", "config", "models", "engines", "data", "method", "eval", "analysis", "viz", "prompts", "demo"},
+    "cli": {"storage", "config", "models", "engines", "data", "method", "eval", "analysis", "viz", "prompts", "demo",
+            "interop"},
     "__init__": {"_version", "config", "models", "engines", "method", "prompts"},
 }
 MAX_LINES = 400

@@ -1,0 +1,169 @@
+"""Write a :class:`~lens_steer.method.vectors.SteeringVector` in the formats other programs read:
+a llama.cpp / repeng control-vector GGUF, lm-evaluation-harness' ``steered`` ``.pt`` and a
+steering-vectors ``.pt``. Layer names follow :mod:`lens_steer.interop.convention`.
+
+All three add at every position, so they carry *continuous* steering only. Where a format has no
+coefficient of its own (GGUF, steering-vectors) the directions are written scaled by ``coeff``; lm-eval
+keeps ``coeff`` in its ``steering_coefficient``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lens_steer._version import __version__
+from lens_steer.interop.convention import gguf_tensor_name, lm_eval_hookpoint
+from lens_steer.storage import atomic_file, atomic_write
+
+__all__ = ["EXPORT_FORMATS", "ExportResult", "export_layers", "export_vector"]
+
+GGUF_ARCH = "controlvector"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_vector` wrote.
+
+    Attributes:
+        path: The file. format: Its format. layers: lens_steer layers written. coeff: The coefficient
+        (multiplied into the directions, or stored, see the module docstring). notes: Things the
+        reader of the file should know (left-out layers, how to select layers there).
+    """
+
+    path: Path
+    format: str
+    layers: tuple[int, ...]
+    coeff: float
+    notes: tuple[str, ...] = ()
+
+
+def _provenance(vector, layers: Sequence[int], coeff: float) -> dict:
+    meta = vector.metadata
+    src = vector.source
+    return {"model_id": meta.model_id, "model_fingerprint": meta.model_fingerprint, "n_layers": meta.n_layers,
+            "d_model": meta.d_model, "layers": list(layers), "coeff": coeff, "lens_steer_version": __version__,
+            "vector_sha256": None if src is None else src.tensors_sha256, "hook_name": meta.hook_name}
+
+
+def export_layers(vector, fmt: str, layers: Sequence[int] | None) -> tuple[list[int], list[str]]:
+    """The layers to write and notes about the choice.
+
+    ``None`` means every layer with a non-zero direction (without block 0 for GGUF). Explicit layers
+    are checked: out of range, block 0 in a GGUF or an all-zero direction raise ``ValueError`` /
+    ``IndexError``.
+    """
+    n = vector.n_layers
+    nonzero = [layer for layer in range(n) if bool(vector.directions[layer].abs().sum() > 0)]
+    notes = []
+    if layers is None:
+        chosen = [layer for layer in nonzero if not (fmt == "gguf" and layer == 0)]
+        if fmt == "gguf" and 0 in nonzero:
+            notes.append("block 0 left out: llama.cpp control vectors have no direction for block 0")
+        if not chosen:
+            raise ValueError("this vector has no non-zero direction to export")
+    else:
+        chosen = []
+        for layer in layers:
+            if not isinstance(layer, int) or not 0 <= layer < n:
+                raise IndexError(f"layer {layer!r} is out of range: this vector has layers 0..{n - 1}")
+            if fmt == "gguf":
+                gguf_tensor_name(layer)  # refuses block 0 with the reason
+            if layer not in nonzero:
+                raise ValueError(f"the direction at layer {layer} is all zeros: exporting it would steer nothing")
+            if layer not in chosen:
+                chosen.append(layer)
+    if len(chosen) > 1:
+        notes.append(f"{len(chosen)} layers written; a reader that applies the whole file steers all of them at once")
+    return chosen, notes
+
+
+def _write_gguf(vector, path: Path, layers: Sequence[int], coeff: float, **_) -> list[str]:
+    import gguf
+    import numpy as np
+
+    with atomic_file(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), GGUF_ARCH)
+        writer.add_string(f"{GGUF_ARCH}.model_hint", vector.metadata.model_id)
+        writer.add_uint32(f"{GGUF_ARCH}.layer_count", len(layers))  # as repeng writes it: directions in the file
+        prov = _provenance(vector, layers, coeff)
+        for key in ("model_id", "model_fingerprint", "hook_name", "lens_steer_version"):
+            writer.add_string(f"lens_steer.{key}", str(prov[key]))
+        if prov["vector_sha256"]:
+            writer.add_string("lens_steer.vector_sha256", prov["vector_sha256"])
+        writer.add_float32("lens_steer.coeff", coeff)
+        writer.add_uint32("lens_steer.n_layers", vector.n_layers)
+        for layer in layers:
+            data = (coeff * vector.directions[layer].detach().float().cpu()).numpy().astype(np.float32)
+            writer.add_tensor(gguf_tensor_name(layer), data)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return [f"llama.cpp: --control-vector {path} (or --control-vector-scaled {path} S; "
+            "--control-vector-layer-range A B to steer a subset)"]
+
+
+def _write_lm_eval(vector, path: Path, layers: Sequence[int], coeff: float, hookpoint: str = "layers.{layer}",
+                   **_) -> list[str]:
+    prov = _provenance(vector, layers, coeff)
+    config = {lm_eval_hookpoint(layer, hookpoint): {
+        "steering_vector": vector.directions[layer].detach().float().cpu().clone(),
+        "steering_coefficient": coeff, "action": "add", "bias": None, "head_index": None,
+        "lens_steer": {**prov, "layer": layer}} for layer in layers}
+    buf = io.BytesIO()
+    torch.save(config, buf)
+    atomic_write(path, buf.getvalue())
+    return [f"lm-eval: --model steered --model_args pretrained=MODEL,steer_path={path}"]
+
+
+def _write_steering_vectors(vector, path: Path, layers: Sequence[int], coeff: float, **_) -> list[str]:
+    data = {"layer_activations": {layer: (coeff * vector.directions[layer].detach().float().cpu()).clone()
+                                  for layer in layers},
+            "layer_type": "decoder_block", "lens_steer": _provenance(vector, layers, coeff)}
+    buf = io.BytesIO()
+    torch.save(data, buf)
+    atomic_write(path, buf.getvalue())
+    return ["steering-vectors: d = torch.load(path); SteeringVector(d['layer_activations'], d['layer_type'])"]
+
+
+EXPORT_FORMATS: dict[str, Callable[..., list[str]]] = {
+    "gguf": _write_gguf,
+    "lm-eval": _write_lm_eval,
+    "steering-vectors": _write_steering_vectors,
+}
+"""Format name → writer ``(vector, path, layers, coeff, **options) -> notes``."""
+
+
+def export_vector(vector, path: str | Path, fmt: str, *, layers: Sequence[int] | None = None, coeff: float = 1.0,
+                  hookpoint: str = "layers.{layer}") -> ExportResult:
+    """Write ``vector`` for another program.
+
+    Args:
+        vector: A ``SteeringVector``.
+        path: Output file (written atomically).
+        fmt: ``"gguf"`` (llama.cpp, repeng), ``"lm-eval"`` or ``"steering-vectors"``.
+        layers: lens_steer layers to write (default: every non-zero one; block 0 never in a GGUF).
+        coeff: Steering coefficient c: the file then steers like lens_steer's continuous ``c·v``.
+        hookpoint: lm-eval hookpoint template (``layers.{layer}`` for Llama-family models).
+
+    Raises:
+        ValueError: unknown format, non-finite coefficient, block 0 in a GGUF, an all-zero direction.
+        IndexError: a layer out of range. StorageError: the file could not be written.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+    coeff = float(coeff)
+    if not math.isfinite(coeff):
+        raise ValueError(f"coefficient must be finite, got {coeff}")
+    chosen, notes = export_layers(vector, fmt, layers)
+    path = Path(path)
+    notes += EXPORT_FORMATS[fmt](vector, path, chosen, coeff, hookpoint=hookpoint)
+    notes.append("continuous steering only: these readers add at every position (lens_steer's single mode has no "
+                 "counterpart)")
+    return ExportResult(path=path, format=fmt, layers=tuple(chosen), coeff=coeff, notes=tuple(notes))
