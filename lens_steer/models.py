@@ -52,6 +52,13 @@ def d_model(model) -> int:
     return int(model.cfg.d_model)
 
 
+def layer_span(layers: list[int]) -> str:
+    """Layers for a message: ``1..29 (29)`` for a contiguous run of three or more, else ``2,5,7`` (eight at most)."""
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}..{layers[-1]} ({len(layers)})"
+    return ",".join(map(str, layers[:8])) + (" ..." if len(layers) > 8 else "")
+
+
 def check_layer(model, layer: int) -> int:
     """Return ``layer`` if it is a valid block index of ``model`` (a bridge or a :class:`ModelInfo`),
     else raise ``IndexError``. Negative indices are not accepted: a layer is always recorded by its

@@ -27,13 +27,12 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 def _export(args) -> int:
     from lens_steer.interop.export import export_vector
     from lens_steer.method.vectors import SteeringVector
+    from lens_steer.models import layer_span
 
     layers = None if args.layers is None else csv(args.layers, int)
     vector = SteeringVector.load(args.vector)
     result = export_vector(vector, args.out, args.format, layers=layers, coeff=args.coeff, hookpoint=args.hookpoint)
-    shown = ",".join(map(str, result.layers)) if len(result.layers) <= 8 else \
-        f"{result.layers[0]}..{result.layers[-1]} ({len(result.layers)})"
-    print(f"wrote {result.path} ({result.format}, layers {shown}, c={result.coeff:g})")
+    print(f"wrote {result.path} ({result.format}, layers {layer_span(list(result.layers))}, c={result.coeff:g})")
     for note in result.notes:
         print(f"  {note}")
     return 0

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lens_steer.engines.base import Steering
 from lens_steer.engines.hooks import attach, attach_forward_pre_hook
-from lens_steer.models import ModelInfo, hf_model, model_info, resid_post_name
+from lens_steer.models import ModelInfo, hf_model, layer_span, model_info, resid_post_name
 
 __all__ = ["LARGE_STEERING", "SingleSteerer", "ablate_direction", "resolve_direction", "resolve_directions",
            "steering_delta", "steering_hooks"]
@@ -78,13 +78,6 @@ LARGE_STEERING = 10.0
 """A steering whose ``‖c·v‖`` exceeds this multiple of the layer's mean residual norm is warned about."""
 
 
-def _span(layers: list[int]) -> str:
-    """``1..29`` for a contiguous run, else the list (shortened)."""
-    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}..{layers[-1]}"
-    return ", ".join(map(str, layers[:8])) + (" ..." if len(layers) > 8 else "")
-
-
 def steering_delta(info: ModelInfo, s) -> Float[Tensor, "d_model"]:
     """``c·v`` (float32) of a :class:`~lens_steer.engines.base.Steering`, checked the same way for every
     engine and entry point.
@@ -103,7 +96,7 @@ def steering_delta(info: ModelInfo, s) -> Float[Tensor, "d_model"]:
     if norm == 0.0:
         others = (resolve_directions(info, s.vector, allow_other_model=s.allow_other_model).abs().sum(-1) > 0)
         have = others.nonzero().flatten().tolist()
-        hint = f" (this vector has directions at layers {_span(have)})" if have else ""
+        hint = f" (this vector has directions at layers {layer_span(have)})" if have else ""
         raise ValueError(f"the direction at layer {s.layer} is all zeros: steering with it would change nothing{hint}")
     resid = getattr(s.vector, "resid_norm", None)
     if resid is not None and 0 <= s.layer < len(resid) and float(resid[s.layer]) > 0:

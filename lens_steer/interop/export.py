@@ -21,7 +21,7 @@ from lens_steer._version import __version__
 from lens_steer.interop.convention import gguf_tensor_name, lm_eval_hookpoint
 from lens_steer.storage import atomic_file, atomic_write
 
-__all__ = ["EXPORT_FORMATS", "ExportResult", "export_layers", "export_vector"]
+__all__ = ["EXPORT_FORMATS", "ExportResult", "export_layers", "export_vector", "scaled_directions"]
 
 GGUF_ARCH = "controlvector"
 
@@ -83,24 +83,34 @@ def export_layers(vector, fmt: str, layers: Sequence[int] | None) -> tuple[list[
     return chosen, notes
 
 
-def _write_gguf(vector, path: Path, layers: Sequence[int], coeff: float, **_) -> list[str]:
+def scaled_directions(vector, fmt: str, layers: Sequence[int] | None, coeff: float
+                      ) -> tuple[dict[int, torch.Tensor], list[str]]:
+    """``{layer: coeff·v_layer}`` (float32, CPU) for the layers :func:`export_layers` chooses, and its notes;
+    ``ValueError`` for a non-finite ``coeff``."""
+    coeff = float(coeff)
+    if not math.isfinite(coeff):
+        raise ValueError(f"coefficient must be finite, got {coeff}")
+    chosen, notes = export_layers(vector, fmt, layers)
+    return {layer: coeff * vector.directions[layer].detach().float().cpu() for layer in chosen}, notes
+
+
+def _write_gguf(vector, path: Path, scaled: dict[int, torch.Tensor], coeff: float, **_) -> list[str]:
     import gguf
     import numpy as np
 
     with atomic_file(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), GGUF_ARCH)
         writer.add_string(f"{GGUF_ARCH}.model_hint", vector.metadata.model_id)
-        writer.add_uint32(f"{GGUF_ARCH}.layer_count", len(layers))  # as repeng writes it: directions in the file
-        prov = _provenance(vector, layers, coeff)
+        writer.add_uint32(f"{GGUF_ARCH}.layer_count", len(scaled))  # as repeng writes it: directions in the file
+        prov = _provenance(vector, list(scaled), coeff)
         for key in ("model_id", "model_fingerprint", "hook_name", "lens_steer_version"):
             writer.add_string(f"lens_steer.{key}", str(prov[key]))
         if prov["vector_sha256"]:
             writer.add_string("lens_steer.vector_sha256", prov["vector_sha256"])
         writer.add_float32("lens_steer.coeff", coeff)
         writer.add_uint32("lens_steer.n_layers", vector.n_layers)
-        for layer in layers:
-            data = (coeff * vector.directions[layer].detach().float().cpu()).numpy().astype(np.float32)
-            writer.add_tensor(gguf_tensor_name(layer), data)
+        for layer, direction in scaled.items():
+            writer.add_tensor(gguf_tensor_name(layer), direction.numpy().astype(np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -109,8 +119,9 @@ def _write_gguf(vector, path: Path, layers: Sequence[int], coeff: float, **_) ->
             "--control-vector-layer-range A B to steer a subset)"]
 
 
-def _write_lm_eval(vector, path: Path, layers: Sequence[int], coeff: float, hookpoint: str = "layers.{layer}",
-                   **_) -> list[str]:
+def _write_lm_eval(vector, path: Path, scaled: dict[int, torch.Tensor], coeff: float,
+                   hookpoint: str = "layers.{layer}", **_) -> list[str]:
+    layers = list(scaled)  # lm-eval keeps c as its coefficient: the unscaled directions are written
     prov = _provenance(vector, layers, coeff)
     config = {lm_eval_hookpoint(layer, hookpoint): {
         "steering_vector": vector.directions[layer].detach().float().cpu().clone(),
@@ -122,10 +133,9 @@ def _write_lm_eval(vector, path: Path, layers: Sequence[int], coeff: float, hook
     return [f"lm-eval: --model steered --model_args pretrained=MODEL,steer_path={path}"]
 
 
-def _write_steering_vectors(vector, path: Path, layers: Sequence[int], coeff: float, **_) -> list[str]:
-    data = {"layer_activations": {layer: (coeff * vector.directions[layer].detach().float().cpu()).clone()
-                                  for layer in layers},
-            "layer_type": "decoder_block", "lens_steer": _provenance(vector, layers, coeff)}
+def _write_steering_vectors(vector, path: Path, scaled: dict[int, torch.Tensor], coeff: float, **_) -> list[str]:
+    data = {"layer_activations": scaled, "layer_type": "decoder_block",
+            "lens_steer": _provenance(vector, list(scaled), coeff)}
     buf = io.BytesIO()
     torch.save(data, buf)
     atomic_write(path, buf.getvalue())
@@ -137,7 +147,7 @@ EXPORT_FORMATS: dict[str, Callable[..., list[str]]] = {
     "lm-eval": _write_lm_eval,
     "steering-vectors": _write_steering_vectors,
 }
-"""Format name → writer ``(vector, path, layers, coeff, **options) -> notes``."""
+"""Format name → writer ``(vector, path, {layer: coeff·v_layer}, coeff, **options) -> notes``."""
 
 
 def export_vector(vector, path: str | Path, fmt: str, *, layers: Sequence[int] | None = None, coeff: float = 1.0,
@@ -158,12 +168,10 @@ def export_vector(vector, path: str | Path, fmt: str, *, layers: Sequence[int] |
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+    scaled, notes = scaled_directions(vector, fmt, layers, coeff)
     coeff = float(coeff)
-    if not math.isfinite(coeff):
-        raise ValueError(f"coefficient must be finite, got {coeff}")
-    chosen, notes = export_layers(vector, fmt, layers)
     path = Path(path)
-    notes += EXPORT_FORMATS[fmt](vector, path, chosen, coeff, hookpoint=hookpoint)
+    notes += EXPORT_FORMATS[fmt](vector, path, scaled, coeff, hookpoint=hookpoint)
     notes.append("continuous steering only: these readers add at every position (lens_steer's single mode has no "
                  "counterpart)")
-    return ExportResult(path=path, format=fmt, layers=tuple(chosen), coeff=coeff, notes=tuple(notes))
+    return ExportResult(path=path, format=fmt, layers=tuple(scaled), coeff=coeff, notes=tuple(notes))

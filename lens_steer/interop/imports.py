@@ -89,7 +89,7 @@ def read_gguf(path: str | Path) -> ForeignVector:
             raise VectorFileError(f"{path}: {exc}") from exc
         if t.tensor_type != gguf.GGMLQuantizationType.F32:
             raise VectorFileError(f"{path}: tensor {t.name} is {t.tensor_type.name}, llama.cpp reads F32 only")
-        if len([d for d in t.shape if d != 1]) > 1 or len(t.shape) != 1:
+        if len(t.shape) != 1:
             raise VectorFileError(f"{path}: tensor {t.name} has shape {tuple(int(d) for d in t.shape)}, not 1-D")
         if width is not None and int(t.n_elements) != width:
             raise VectorFileError(f"{path}: tensor {t.name} has {int(t.n_elements)} values, the others {width}")

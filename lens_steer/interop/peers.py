@@ -3,20 +3,11 @@ imported only here, only when called; neither is a dependency of lens_steer)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-from lens_steer.interop.export import export_layers
+from lens_steer.interop.export import scaled_directions
 
 __all__ = ["to_repeng", "to_steering_vectors"]
-
-
-def _scaled(vector, fmt: str, layers: Sequence[int] | None, coeff: float) -> dict[int, object]:
-    coeff = float(coeff)
-    if not math.isfinite(coeff):
-        raise ValueError(f"coefficient must be finite, got {coeff}")
-    chosen, _ = export_layers(vector, fmt, layers)
-    return {layer: coeff * vector.directions[layer].detach().float().cpu() for layer in chosen}
 
 
 def to_steering_vectors(vector, *, layers: Sequence[int] | None = None, coeff: float = 1.0):
@@ -24,7 +15,7 @@ def to_steering_vectors(vector, *, layers: Sequence[int] | None = None, coeff: f
     ``coeff·v_l`` at each layer, as lens_steer's continuous ``steer`` does."""
     from steering_vectors import SteeringVector as PeerVector
 
-    return PeerVector(layer_activations=_scaled(vector, "steering-vectors", layers, coeff), layer_type="decoder_block")
+    return PeerVector(layer_activations=scaled_directions(vector, "steering-vectors", layers, coeff)[0], layer_type="decoder_block")
 
 
 def to_repeng(vector, *, layers: Sequence[int] | None = None, coeff: float = 1.0, model_type: str | None = None):
@@ -32,5 +23,5 @@ def to_repeng(vector, *, layers: Sequence[int] | None = None, coeff: float = 1.0
     at each layer's output. ``model_type`` defaults to the vector's model id (repeng keeps it as a hint)."""
     from repeng import ControlVector
 
-    dirs = {layer: d.numpy() for layer, d in _scaled(vector, "steering-vectors", layers, coeff).items()}
+    dirs = {layer: d.numpy() for layer, d in scaled_directions(vector, "steering-vectors", layers, coeff)[0].items()}
     return ControlVector(model_type=model_type or vector.metadata.model_id, directions=dirs)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from lens_steer.data._records import iter_jsonl, read_json
 from lens_steer.data.example import DataFormatError
-from lens_steer.models import ModelInfo, model_info
+from lens_steer.models import ModelInfo, layer_span, model_info
 
 TENSORS_FILE = "vector.safetensors"
 CONFIG_FILE = "config.json"
@@ -342,8 +342,7 @@ class SteeringVector:
             lines.append(f"  |v|/|resid| per layer: min {rel.min():.3f}, max {rel.max():.3f}")
         imported = self.metadata.stats.get("imported")
         if isinstance(imported, dict):
-            layers = imported.get("layers") or []
-            span = f"{layers[0]}..{layers[-1]} ({len(layers)})" if len(layers) > 4 else ",".join(map(str, layers))
+            span = layer_span(imported.get("layers") or [])
             lines.append(f"  imported from {imported.get('format')} {imported.get('path') or imported.get('object', '')}: "
                          f"directions at layers {span} only, no per-question vectors")
         return "\n".join(lines)
