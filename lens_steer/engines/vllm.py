@@ -9,6 +9,7 @@ stream after every block at the response tokens (stop token excluded), as runnin
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 
@@ -52,6 +53,11 @@ class VllmEngine:
         capture_residuals: Make derivation (``residuals``) possible under CUDA graphs: the capture op
             becomes a graph split point and CUDA graphs piecewise (some decode speed). Not needed on
             CPU or with ``enforce_eager``, where it is always possible.
+        enable_prefix_caching: Reuse the KV cache of shared prompt prefixes (the chat template and the
+            question that a CoT and a direct prompt share). Keyed by the steering: a steered request's
+            blocks are salted with a hash of its ``c·v`` per layer and mode, so a prefix computed without
+            steering never serves a steered prompt, or the reverse. A derivation that averages prompt
+            positions (``positions`` ``"prompt"``/``"all"``) reads no cached prefix: it must compute them.
         tensor_parallel_size: Tensor-parallel workers (every rank adds the same ``c·v``: the residual
             stream is whole on each rank after a block). ``pipeline_parallel_size`` (in ``llm_kwargs``)
             works the same way, each stage steering and reading its own layers.
@@ -65,7 +71,7 @@ class VllmEngine:
     def __init__(self, model: str = EMBEDDED_MODEL, *, dtype: str = "float32", max_num_batched_tokens: int = 2048,
                  gpu_memory_utilization: float | None = None, enforce_eager: bool = False,
                  capture_residuals: bool = False, tensor_parallel_size: int = 1, seed: int = 0,
-                 **llm_kwargs) -> None:
+                 enable_prefix_caching: bool = True, **llm_kwargs) -> None:
         reason = vllm_available()
         if reason:
             raise RuntimeError(reason)
@@ -101,10 +107,15 @@ class VllmEngine:
         if gpu_memory_utilization is None:
             gpu_memory_utilization = 0.3 if not torch.cuda.is_available() else 0.85
         self.llm = LLM(model=path, dtype=dtype, max_num_batched_tokens=max_num_batched_tokens,
-                       enable_prefix_caching=False, enable_chunked_prefill=True,
+                       enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=True,
                        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
                        tensor_parallel_size=tensor_parallel_size, **llm_kwargs)
         self.workers = workers
+        self.prefix_caching = enable_prefix_caching
+        self.block_size = int(self.llm.llm_engine.vllm_config.cache_config.block_size)
+        """KV-cache block size: prefixes are cached and reused in whole blocks."""
+        self.last_cached_tokens: list[int] = []
+        """Prompt tokens served from the prefix cache, per request of the last call (for benchmarks and tests)."""
         self._tokenizer = self.llm.get_tokenizer()
         self._dtype = dtype
         n_layers, d_model = int(hf_config.num_hidden_layers), int(hf_config.hidden_size)
@@ -155,7 +166,9 @@ class VllmEngine:
         return self.llm.collective_rpc(fn, args=args)
 
     # ------------------------------------------------------------ generation
-    def _register_plans(self, plans) -> list[str | None]:
+    def _register_plans(self, plans) -> tuple[list[str | None], dict[str, str]]:
+        """Register each distinct plan with the workers; returns each request's plan key (``None``:
+        unsteered) and each key's prefix-cache salt (:func:`_steering_salt`)."""
         from lens_steer.engines.vllm_steer import rpc_add_plans
 
         keys: dict[tuple, str] = {}
@@ -182,12 +195,12 @@ class VllmEngine:
             out.append(keys[ident])
         if tables:
             self._rpc(rpc_add_plans, tables)
-        return out
+        return out, {key: _steering_salt(deltas) for key, deltas in tables.items()}
 
     def _submit(self, prompts: list[list[int]], steering, make_params, *, progress: bool,
                 residuals: ResidualSums | None = None, max_new: int = 0):
         """Submit every prompt at once, each with its steering plan (and capture row); returns vLLM's outputs.
-        ``make_params(i, extra_args)`` builds request ``i``'s ``SamplingParams``."""
+        ``make_params(i, extra_args, skip_prefix_cache)`` builds request ``i``'s ``SamplingParams``."""
         from vllm.inputs import TokensPrompt
 
         from lens_steer.engines import vllm_steer as vs
@@ -197,17 +210,21 @@ class VllmEngine:
         plans = normalise_steering(steering, len(prompts))
         self._rpc(vs.rpc_clear)
         try:
-            keys = self._register_plans(plans)
+            keys, salts = self._register_plans(plans)
             if residuals is not None:
                 self._rpc(vs.rpc_start_capture, len(prompts), self.info.n_layers, residuals.positions, max_new)
-            params = []
-            for i, key in enumerate(keys):
+            # prompt positions averaged: every one must be computed, none read from the prefix cache
+            skip_cache = residuals is not None and residuals.positions != "generated"
+            params, inputs = [], []
+            for i, (prompt, key) in enumerate(zip(prompts, keys, strict=True)):
                 extra = {vs.EXTRA_KEY: key} if key is not None else {}
                 if residuals is not None:
                     extra[vs.ROW_KEY] = i
-                params.append(make_params(i, extra or None))
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
-                                        use_tqdm=progress)
+                params.append(make_params(i, extra or None, skip_cache))
+                inputs.append(TokensPrompt(prompt_token_ids=prompt, cache_salt=salts[key]) if key is not None
+                              else TokensPrompt(prompt_token_ids=prompt))
+            outputs = self.llm.generate(inputs, params, use_tqdm=progress)
+            self.last_cached_tokens = [int(getattr(out, "num_cached_tokens", 0) or 0) for out in outputs]
             if residuals is not None:
                 self._add_capture(residuals, self._rpc(vs.rpc_capture_result))
         finally:
@@ -246,10 +263,11 @@ class VllmEngine:
         n_new = config.max_new_tokens + (1 if residuals is not None else 0)
         sample = config.do_sample
 
-        def make_params(i, extra):
+        def make_params(i, extra, skip_cache):
             return SamplingParams(max_tokens=n_new, temperature=config.temperature if sample else 0.0,
                                   top_p=config.top_p if sample else 1.0, seed=(config.seed + i) if sample else None,
-                                  stop_token_ids=self.stop_ids, detokenize=False, extra_args=extra)
+                                  stop_token_ids=self.stop_ids, detokenize=False, extra_args=extra,
+                                  skip_reading_prefix_cache=skip_cache)
 
         outputs = self._submit(prompts, steering, make_params, progress=progress, residuals=residuals,
                                max_new=config.max_new_tokens)
@@ -271,6 +289,19 @@ class VllmEngine:
         prompts = [list(map(int, p)) for p in prompts]
         if not prompts:
             return []
-        outputs = self._submit(prompts, steering, lambda i, extra: SamplingParams(
-            max_tokens=1, temperature=0.0, logprobs=top_k, detokenize=False, extra_args=extra), progress=False)
+        outputs = self._submit(prompts, steering, lambda i, extra, skip_cache: SamplingParams(
+            max_tokens=1, temperature=0.0, logprobs=top_k, detokenize=False, extra_args=extra,
+            skip_reading_prefix_cache=skip_cache), progress=False)
         return [{int(t): float(lp.logprob) for t, lp in out.outputs[0].logprobs[0].items()} for out in outputs]
+
+
+def _steering_salt(deltas: dict[int, tuple[torch.Tensor, bool]]) -> str:
+    """The prefix-cache salt of one steering plan: a hash of every steered layer, its mode and the exact
+    ``c·v`` added there. Requests steered alike share cached prefixes; any other steering (or none) never
+    does, because vLLM hashes the salt into every block of the request."""
+    h = hashlib.sha256(b"lens_steer-steering-v1")
+    for layer in sorted(deltas):
+        delta, single = deltas[layer]
+        h.update(f"{layer}:{'single' if single else 'continuous'}:".encode())
+        h.update(delta.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -17,8 +17,9 @@ The model runner's ``_prepare_inputs`` is wrapped to fill ``ls_idx`` for the ste
 request's plan (found by the key in ``SamplingParams.extra_args["lens_steer"]``) and the position
 of each scheduled token: continuous steers every token, single only positions inside the prompt,
 which stays right when a prompt is split over steps (chunked prefill) or shares a step with other
-requests' decode tokens. Prefix caching is switched off by the engine, so a cached unsteered prefix
-can never serve a steered prompt.
+requests' decode tokens, and when a prompt's first positions come from the prefix cache (they count as
+computed). The engine salts a steered request's cache blocks with a hash of its steering, so a cached
+unsteered prefix can never serve a steered prompt, nor one steered otherwise.
 
 Residual capture (derivation): each layer's ``forward`` also calls the opaque custom op
 ``vllm::lens_steer_capture`` with the stream after the block (``hidden_states + residual``). Its

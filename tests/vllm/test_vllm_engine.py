@@ -78,6 +78,30 @@ def test_mixed_batch_equals_each_request_alone(vllm_engine, prompts, direction):
     assert _same(mixed, alone) == 8
 
 
+def test_prefix_cache_is_keyed_by_the_steering(vllm_engine, prompts, direction):
+    """Cached prefixes are reused between requests steered alike (or both unsteered), never across
+    steerings; outputs stay those of each request alone."""
+    qs = load_questions_jsonl(demo_questions_path("derive"))
+    long = [encode_prompt(vllm_engine.tokenizer, " ".join(q.question for q in qs[i:i + 12]), "direct")
+            for i in range(0, 12, 3)]
+    assert min(map(len, long)) > 2 * vllm_engine.block_size  # full blocks to cache
+    single = Steering(direction, LAYER, 30.0, "single")
+    plain1 = vllm_engine.generate(long, CFG, progress=False)
+    steered1 = vllm_engine.generate(long, CFG, steering=single, progress=False)
+    assert vllm_engine.last_cached_tokens == [0] * len(long)  # the unsteered blocks never serve it
+    steered2 = vllm_engine.generate(long, CFG, steering=single, progress=False)
+    hits_steered = vllm_engine.last_cached_tokens
+    other = vllm_engine.generate(long, CFG, steering=Steering(direction, LAYER, 31.0, "single"), progress=False)
+    assert vllm_engine.last_cached_tokens == [0] * len(long)  # another coefficient: another key
+    plain2 = vllm_engine.generate(long, CFG, progress=False)
+    hits_plain = vllm_engine.last_cached_tokens
+    print(f"prefix cache: {sum(hits_plain)} plain and {sum(hits_steered)} steered prompt tokens reused over "
+          f"{sum(map(len, long))} prompt tokens; none across steerings")
+    assert sum(hits_plain) > 0 and sum(hits_steered) > 0  # the cache is on and reused
+    assert _same(plain1, plain2) == len(long) and _same(steered1, steered2) == len(long)
+    assert _same(steered1, plain1) < len(long) and _same(other, plain1) < len(long)
+
+
 def test_bad_steering_is_refused_in_one_line(vllm_engine, prompts, direction):
     from lens_steer.engines.base import ResidualSums
 
