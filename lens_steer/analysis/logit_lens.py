@@ -14,7 +14,9 @@ __all__ = [
     "LogitLensResult",
     "NormKind",
     "direction_logit_lens",
+    "lens_scores",
     "random_direction_control",
+    "random_directions",
     "token_overlap",
 ]
 
@@ -69,6 +71,37 @@ def _decode_all(ids: Tensor, decode: Decoder | None) -> list[list[str]]:
     return [[decode[i] for i in row] for row in rows]
 
 
+def lens_scores(
+    directions: Float[Tensor, "*batch d_model"],
+    W_U: Float[Tensor, "d_model d_vocab"],
+    norm_weight: Float[Tensor, " d_model"] | None = None,
+    norm_kind: NormKind = "rms",
+) -> Float[Tensor, "*batch d_vocab"]:
+    """Scores of every token under each direction: the norm treatment of
+    :func:`direction_logit_lens`, then ``W_U`` (no bias), in float32.
+
+    Args:
+        directions: Directions with any leading batch shape.
+        W_U: Unembedding matrix.
+        norm_weight: Final norm's elementwise gain γ, or None for ones.
+        norm_kind: ``"rms"``, ``"layer"`` or ``"none"``.
+
+    Returns:
+        ``directions``' leading shape with ``d_vocab`` last, on ``W_U``'s device.
+
+    Raises:
+        ValueError: On an unknown ``norm_kind``.
+    """
+    if norm_kind not in ("rms", "layer", "none"):
+        raise ValueError(f"norm_kind must be 'rms', 'layer' or 'none', got {norm_kind!r}")
+    u = directions.to(device=W_U.device, dtype=W_U.dtype)
+    if norm_kind == "layer":
+        u = u - u.mean(dim=-1, keepdim=True)
+    if norm_kind != "none" and norm_weight is not None:
+        u = u * norm_weight.to(device=u.device, dtype=u.dtype)
+    return (u @ W_U).float()
+
+
 def direction_logit_lens(
     directions: Float[Tensor, "layer d_model"],
     W_U: Float[Tensor, "d_model d_vocab"],
@@ -118,20 +151,13 @@ def direction_logit_lens(
         ValueError: On an unknown ``norm_kind``, ``include_bias`` without ``b_U``,
             or ``k`` outside ``[1, d_vocab]``.
     """
-    if norm_kind not in ("rms", "layer", "none"):
-        raise ValueError(f"norm_kind must be 'rms', 'layer' or 'none', got {norm_kind!r}")
     if include_bias and b_U is None:
         raise ValueError("include_bias=True needs b_U")
     d_vocab = W_U.shape[1]
     if not 1 <= k <= d_vocab:
         raise ValueError(f"k must be in [1, {d_vocab}], got {k}")
 
-    u = directions.to(device=W_U.device, dtype=W_U.dtype)
-    if norm_kind == "layer":
-        u = u - u.mean(dim=-1, keepdim=True)
-    if norm_kind != "none" and norm_weight is not None:
-        u = u * norm_weight.to(device=u.device, dtype=u.dtype)
-    scores = (u @ W_U).float()
+    scores = lens_scores(directions, W_U, norm_weight, norm_kind)
     if include_bias:
         scores = scores + b_U.to(scores.device).float()
 
@@ -162,11 +188,31 @@ def random_direction_control(
     Returns:
         Tensor of the same shape, dtype and device as ``directions``.
     """
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(directions.shape, generator=gen, dtype=torch.float32)
+    draw = random_directions(directions, 1, torch.Generator().manual_seed(seed))[0]
+    return draw.to(device=directions.device, dtype=directions.dtype)
+
+
+def random_directions(
+    directions: Float[Tensor, "layer d_model"], n: int, generator: torch.Generator
+) -> Float[Tensor, "n layer d_model"]:
+    """``n`` random Gaussian directions per layer, each scaled to that layer's L2 norm.
+
+    Args:
+        directions: Real directions whose per-layer norms are matched.
+        n: Draws per layer.
+        generator: A seeded CPU generator (consumed; results do not depend on device).
+
+    Returns:
+        A float32 CPU tensor; draw ``i`` is one direction per layer.
+
+    Raises:
+        ValueError: If ``n`` < 1.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    noise = torch.randn((n, *directions.shape), generator=generator, dtype=torch.float32)
     noise = noise / noise.norm(dim=-1, keepdim=True)
-    norms = directions.detach().float().norm(dim=-1, keepdim=True).cpu()
-    return (noise * norms).to(device=directions.device, dtype=directions.dtype)
+    return noise * directions.detach().float().norm(dim=-1, keepdim=True).cpu()
 
 
 def token_overlap(

@@ -17,7 +17,8 @@ import plotly
 
 from lens_steer.storage import atomic_write, json_text, storage_errors, write_json
 from lens_steer.viz.figure_settings import FigureSettings
-from lens_steer.viz.figures import FigureSpec, PaperFigures
+from lens_steer.viz.figure_spec import FigureSpec
+from lens_steer.viz.figures import PaperFigures
 from lens_steer.viz.headline import headline_lines
 
 __all__ = [
@@ -188,12 +189,19 @@ def export_pngs_if_possible(specs: Sequence[FigureSpec], out_dir: str | Path, ba
 
 @dataclass
 class WriteReport:
-    """What :func:`write_paper_figures` wrote."""
+    """What :func:`write_paper_figures` wrote.
+
+    Attributes:
+        html / png / other: Paths written.
+        png_message: One line on the PNG export (written, skipped and why, or not requested).
+        png_missing: Names of figures meant to have a PNG (``FigureSpec.png``) that got none.
+    """
 
     html: list[Path] = field(default_factory=list)
     png: list[Path] = field(default_factory=list)
     png_message: str = ""
     other: list[Path] = field(default_factory=list)
+    png_missing: list[str] = field(default_factory=list)
 
 
 def readme_text(paper: PaperFigures, *, command: str, vector_info: dict, html_mode: str, png_message: str,
@@ -211,7 +219,8 @@ def readme_text(paper: PaperFigures, *, command: str, vector_info: dict, html_mo
     lines += ["", "All numbers are in `summary.json`; per-question ablation responses in `<ablation figure>.jsonl`.", ""]
     lines += ["## Figures", "", "| figure | what it shows | files |", "|---|---|---|"]
     for spec in paper.figures:
-        files = f"[html]({spec.name}.html)" + (f", [png]({spec.name}.png)" if spec.name in wrote_png else "")
+        files = f"[html]({spec.name}.html)" + (f", [png]({spec.name}.png)" if spec.name in wrote_png else
+                                               "" if spec.png else " (interactive only)")
         lines.append(f"| {spec.title} | {spec.description.replace('|', '/')} | {files} |")
     if paper.skipped:
         lines += ["", "Not built:"] + [f"- {k}: {v}" for k, v in paper.skipped.items()]
@@ -248,7 +257,8 @@ def write_paper_figures(
     ablation (per-question responses) and ``README.md``.
 
     PNG failures never raise: the HTML is written and the reason is returned in
-    ``png_message`` (and recorded in the README).
+    ``png_message`` (and recorded in the README). Figures with ``png=False`` are HTML only, and a
+    PNG of theirs left by an earlier run is removed.
 
     Args:
         paper: From :func:`lens_steer.viz.figures.paper_figures`.
@@ -268,16 +278,21 @@ def write_paper_figures(
     report = WriteReport()
     for spec in paper.figures:
         report.html.append(write_html(spec.figure, out / f"{spec.name}.html", plotlyjs))
+    static = [spec for spec in paper.figures if spec.png]
+    for spec in paper.figures:
+        if not spec.png:
+            (out / f"{spec.name}.png").unlink(missing_ok=True)
     if png:
         backend = backend or find_png_backend()
-        report.png, failed, problem = export_pngs_if_possible(paper.figures, out, backend)
+        report.png, failed, problem = export_pngs_if_possible(static, out, backend)
         if problem:
             report.png_message = f"PNG export skipped: {problem}"
         else:
-            report.png_message = (f"PNG written for {len(report.png)} of {len(paper.figures)} figures "
+            report.png_message = (f"PNG written for {len(report.png)} of {len(static)} figures "
                                   f"with kaleido {backend.kaleido_version} and {backend.browser}.")
             if failed:
                 report.png_message += f" plotly.js could not render: {', '.join(failed)}."
+        report.png_missing = sorted({spec.name for spec in static} - {p.stem for p in report.png})
     else:
         report.png_message = "PNG export not requested (--no-png)."
     summary = out / "summary.json"

@@ -7,32 +7,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
-import plotly.graph_objects as go
 import torch
 
 from lens_steer.analysis import (
+    DEFAULT_TOKEN_GROUPS,
     AblationResult,
     TraceResult,
     alignment_with_direction,
     cosine_by_source,
     direction_ablation,
-    direction_logit_lens,
     layer_cosine_matrix,
     pairwise_cosine_stats,
     pca_per_question,
     projection_trace,
-    random_direction_control,
     split_half_stability,
-    token_overlap,
 )
+from lens_steer.viz.figure_spec import FigureSpec
 from lens_steer.viz.headline import (
     AblationNumbers,
     HeadlineNumbers,
     LayerCosineNumbers,
-    LogitLensNumbers,
     NormNumbers,
     PairwiseNumbers,
     PCANumbers,
@@ -42,11 +39,13 @@ from lens_steer.viz.headline import (
     TraceNumbers,
     TraceStyleNumbers,
 )
+from lens_steer.viz.headline import rounded as _r
+from lens_steer.viz.headline import rounded_list as _rl
+from lens_steer.viz.lens_figures import LENS_RANDOM_DIRECTIONS, logit_lens_figures, token_set_figures
 from lens_steer.viz.plotting import (
     plot_ablation,
     plot_explained_variance,
     plot_layer_cosine,
-    plot_logit_lens,
     plot_pca_scatter,
     plot_source_cosine,
     plot_split_half,
@@ -61,32 +60,12 @@ __all__ = [
     "logit_lens_figures",
     "paper_figures",
     "structure_figures",
+    "token_set_figures",
     "trace_figures",
 ]
 
 TRACE_PROMPT_TOKENS = 24
 """Trailing prompt tokens drawn in the projection trace (the instruction and the turn marker)."""
-
-
-@dataclass(frozen=True)
-class FigureSpec:
-    """One figure with the name and size it is saved under and a line saying what it shows.
-
-    Attributes:
-        name: File stem (``<name>.html`` / ``<name>.png``).
-        title: Short human title.
-        description: What the figure shows (one or two sentences, for the README).
-        figure: The plotly figure.
-        width: Static export width in pixels.
-        height: Static export height in pixels.
-    """
-
-    name: str
-    title: str
-    description: str
-    figure: go.Figure
-    width: int = 900
-    height: int = 600
 
 
 @dataclass
@@ -106,14 +85,6 @@ class PaperFigures:
     skipped: dict[str, str] = field(default_factory=dict)
     traces: list[TraceResult] = field(default_factory=list)
     ablations: dict[str, AblationResult] = field(default_factory=dict)
-
-
-def _r(x: float, nd: int = 4) -> float:
-    return round(float(x), nd)
-
-
-def _rl(t: torch.Tensor, nd: int = 4) -> list[float]:
-    return [_r(v, nd) for v in t.detach().cpu().float().tolist()]
 
 
 def structure_figures(vector, layer: int, *, n_splits: int = 100,
@@ -195,62 +166,6 @@ def structure_figures(vector, layer: int, *, n_splits: int = 100,
         plot_explained_variance(pca), 800, 500))
     return figs, StructureNumbers(layer, int(pq.shape[0]), layer_cos, split_half, norm, pairwise, source_numbers,
                                   pca_numbers)
-
-
-def logit_lens_figures(model, vector, *, k: int = 10, seed: int = 0,
-                       layers: Sequence[int] | None = None) -> tuple[list[FigureSpec], LogitLensNumbers]:
-    """Logit lens of every layer's direction and of a random control of equal norm.
-
-    Norm treatment (see :func:`~lens_steer.analysis.direction_logit_lens`): the direction is
-    multiplied by the final norm's gain γ (RMSNorm) or centred then multiplied (LayerNorm);
-    the 1/RMS scale is dropped because it cannot change a layer's ranking; ``b_U`` is not
-    added.
-
-    Args:
-        model: The bridge (for ``W_U``, the final norm and the tokenizer).
-        vector: A :class:`~lens_steer.method.vectors.SteeringVector`.
-        k: Tokens kept at each end per layer.
-        seed: Seed of the random control.
-        layers: Rows to draw (all layers by default).
-
-    Returns:
-        ``(figures, numbers)``: promoted (top) and suppressed (bottom) token figures.
-    """
-    from lens_steer.models import final_norm, unembedding
-
-    w_u, _ = unembedding(model)
-    gain, kind = final_norm(model)
-    tok = model.tokenizer
-
-    def decode(i: int) -> str:
-        return tok.decode([i])
-
-    dirs = vector.directions.float()
-    control_dirs = random_direction_control(dirs, seed)
-    lens = direction_logit_lens(dirs, w_u, norm_weight=gain, norm_kind=kind, k=k, decode=decode)
-    control = direction_logit_lens(control_dirs, w_u, norm_weight=gain, norm_kind=kind, k=k, decode=decode)
-    rows = list(range(lens.n_layers)) if layers is None else list(layers)
-    numbers = LogitLensNumbers(
-        norm_kind=kind,
-        k=k,
-        control_seed=seed,
-        top_tokens={str(layer): lens.top_tokens[layer] for layer in rows},
-        bottom_tokens={str(layer): lens.bottom_tokens[layer] for layer in rows},
-        control_top_tokens={str(layer): control.top_tokens[layer] for layer in rows},
-        top_score_max=_r(lens.top_scores[:, 0].max(), 3),
-        control_top_score_max=_r(control.top_scores[:, 0].max(), 3),
-        top_overlap_with_control=_rl(token_overlap(lens, control, "top"), 2),
-    )
-    height = max(400, 26 * len(rows) + 180)
-    figs = []
-    for which, verb in (("top", "promotes"), ("bottom", "suppresses")):
-        figs.append(FigureSpec(
-            f"logit_lens_{which}", f"Logit lens: tokens each layer's direction {verb}",
-            f"Layer × rank table of the {k} tokens each layer's CoT direction {verb} most under the "
-            f"unembedding (direction × final-norm gain γ, then W_U; no 1/RMS, no b_U), beside a random "
-            f"direction of the same norm (seed {seed}) on a shared colour scale.",
-            plot_logit_lens(lens, rows, control=control, which=which), 1900, height))
-    return figs, numbers
 
 
 def trace_figures(model, vector, question: str, layer: int, generation=None, *,
@@ -342,6 +257,8 @@ def paper_figures(
     k: int = 10,
     seed: int = 0,
     n_splits: int = 100,
+    lens_random: int = LENS_RANDOM_DIRECTIONS,
+    token_groups: Mapping[str, Sequence[str]] = DEFAULT_TOKEN_GROUPS,
     progress: bool = False,
 ) -> PaperFigures:
     """Every figure of the issue for one vector: structure, logit lens, trace and ablation.
@@ -356,9 +273,11 @@ def paper_figures(
             out at, or None for every layer.
         generation: Generation settings of the trace and the ablation.
         template: Prompt templates.
-        k: Logit-lens tokens per layer and end.
+        k: Logit-lens tokens per layer and end (the HTML tables).
         seed: Seed of the random controls and the split halves.
         n_splits: Split-half repetitions.
+        lens_random: Random directions per layer behind the main logit-lens figure's band.
+        token_groups: Token groups of the main logit-lens figure.
         progress: Show progress bars.
 
     Returns:
@@ -374,9 +293,15 @@ def paper_figures(
     if model is None:
         out.skipped["model"] = "no model given: logit lens, trace and ablation need one"
         return out
+    token_figs, token_nums = [], None
+    try:
+        token_figs, token_nums = token_set_figures(model, vector, seed=seed, n_random=lens_random,
+                                                   token_groups=token_groups)
+    except ValueError as exc:
+        out.skipped["logit_lens"] = str(exc)
     figs, nums = logit_lens_figures(model, vector, k=k, seed=seed)
-    out.figures += figs
-    out.numbers.logit_lens = nums
+    out.figures += token_figs + figs
+    out.numbers.logit_lens = replace(nums, token_set=token_nums)
     if trace_question:
         figs, nums, out.traces = trace_figures(model, vector, trace_question, layer, generation, template=template)
         out.figures += figs

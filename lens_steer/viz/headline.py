@@ -9,13 +9,27 @@ from dataclasses import asdict, dataclass, field
 
 __all__ = [
     "AblationNumbers",
+    "GroupCurve",
     "HeadlineNumbers",
     "LogitLensNumbers",
     "StructureNumbers",
+    "TokenSetNumbers",
     "TraceNumbers",
     "TraceStyleNumbers",
     "headline_lines",
+    "rounded",
+    "rounded_list",
 ]
+
+
+def rounded(x: float, nd: int = 4) -> float:
+    """A number (or 0-d tensor) as a float rounded to ``nd`` decimals, for the JSON."""
+    return round(float(x), nd)
+
+
+def rounded_list(t, nd: int = 4) -> list[float]:
+    """A 1-d tensor as a list of rounded floats."""
+    return [rounded(v, nd) for v in t.detach().cpu().float().tolist()]
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,48 @@ class LogitLensNumbers:
     top_score_max: float
     control_top_score_max: float
     top_overlap_with_control: list[float]
+    token_set: TokenSetNumbers | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> LogitLensNumbers:
+        ts = data.get("token_set")
+        return cls(**{k: v for k, v in data.items() if k != "token_set"},
+                   token_set=TokenSetNumbers.from_dict(ts) if ts else None)
+
+
+@dataclass(frozen=True)
+class GroupCurve:
+    """One token group's per-layer value under the CoT direction and the random directions' band."""
+
+    direction: list[float]
+    random_low: list[float]
+    random_mean: list[float]
+    random_high: list[float]
+
+
+@dataclass(frozen=True)
+class TokenSetNumbers:
+    """The main logit-lens figure: each token group's mean score and geometric mean rank per layer
+    against random directions of the same norm (band = the ``quantiles`` of ``n_random`` draws, ``seed``)."""
+
+    tokens: dict[str, list[str]]
+    dropped: dict[str, str]
+    n_random: int
+    quantiles: list[float]
+    seed: int
+    d_vocab: int
+    scores: dict[str, GroupCurve]
+    ranks: dict[str, GroupCurve]
+
+    def above_band(self, group: str) -> list[int]:
+        """Layers where the group's mean score is above the random band."""
+        curve = self.scores[group]
+        return [i for i, (v, hi) in enumerate(zip(curve.direction, curve.random_high, strict=True)) if v > hi]
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TokenSetNumbers:
+        curves = {key: {g: GroupCurve(**c) for g, c in data[key].items()} for key in ("scores", "ranks")}
+        return cls(**{k: v for k, v in data.items() if k not in curves}, **curves)
 
 
 @dataclass(frozen=True)
@@ -196,7 +252,7 @@ class HeadlineNumbers:
         """Read the numbers back from a ``summary.json`` mapping (other keys are ignored)."""
         return cls(
             StructureNumbers.from_dict(data["structure"]) if data.get("structure") else None,
-            LogitLensNumbers(**data["logit_lens"]) if data.get("logit_lens") else None,
+            LogitLensNumbers.from_dict(data["logit_lens"]) if data.get("logit_lens") else None,
             TraceNumbers.from_dict(data["trace"]) if data.get("trace") else None,
             {n: AblationNumbers(**ab) for n, ab in data["ablation"].items()} if "ablation" in data else None,
         )
@@ -242,6 +298,20 @@ def _structure_lines(st: StructureNumbers) -> list[str]:
     return lines
 
 
+def _token_set_lines(ts: TokenSetNumbers, layer: str) -> list[str]:
+    band = f"random {ts.quantiles[0]:.0%}–{ts.quantiles[1]:.0%}"
+    i = int(layer)
+    parts = [f"{g} mean score {ts.scores[g].direction[i]:.2f} ({band}: {ts.scores[g].random_low[i]:.2f} to "
+             f"{ts.scores[g].random_high[i]:.2f}), rank (geometric mean) {ts.ranks[g].direction[i]:,.0f} of "
+             f"{ts.d_vocab:,} (random mean {ts.ranks[g].random_mean[i]:,.0f})" for g in ts.scores]
+    lines = [f"- Token-set lens, layer {layer}: " + "; ".join(parts) + "."]
+    above = [f"{g}: {_layers_text(ts.above_band(g)) if ts.above_band(g) else 'none'}" for g in ts.scores]
+    lines.append(f"- Layers where a group's mean score is above the random band: {'; '.join(above)}.")
+    if ts.dropped:
+        lines.append(f"- Token-set lens left out: {_fmt_tokens(list(ts.dropped), 12)} (reasons in `summary.json`).")
+    return lines
+
+
 def headline_lines(numbers: HeadlineNumbers) -> list[str]:
     """Markdown bullet lines with the key numbers (for a figures README)."""
     st = numbers.structure
@@ -249,6 +319,8 @@ def headline_lines(numbers: HeadlineNumbers) -> list[str]:
     ll = numbers.logit_lens
     if ll:
         layer = str(st.layer) if st else next(iter(ll.top_tokens))
+        if ll.token_set is not None:
+            lines += _token_set_lines(ll.token_set, layer)
         lines.append(f"- Logit lens, layer {layer}, top tokens: {_fmt_tokens(ll.top_tokens[layer])}; "
                      f"random control: {_fmt_tokens(ll.control_top_tokens[layer])}.")
         lines.append(f"- Logit lens, layer {layer}, bottom tokens: {_fmt_tokens(ll.bottom_tokens[layer])}.")

@@ -1,5 +1,5 @@
-"""Figures of the logit lens: the direction read through the unembedding, and projection traces.
-All return ``go.Figure``; nothing here writes files.
+"""Figures of the logit lens: token groups against random directions, the top-k token table, and
+projection traces. All return ``go.Figure``; nothing here writes files.
 """
 
 from __future__ import annotations
@@ -8,16 +8,112 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 from jaxtyping import Float
+from plotly.colors import hex_to_rgb, qualitative
 from plotly.subplots import make_subplots
 from torch import Tensor
 
 from lens_steer.analysis.logit_lens import LogitLensResult
+from lens_steer.analysis.token_set_lens import LensMetric, TokenSetLens
 from lens_steer.viz.plotting_common import TEMPLATE, as_list, token_label
 
 __all__ = [
     "plot_logit_lens",
     "plot_projection_trace",
+    "plot_token_set_lens",
 ]
+
+_GROUP_COLOURS = qualitative.D3
+
+
+def _token_hover(result: TokenSetLens, group: int, metric: LensMetric) -> list[str]:
+    """Per layer, the group's tokens with their score and rank (hover text of the direction's line)."""
+    members = [t for t, g in enumerate(result.token_set.group_of) if g == group]
+    value = result.group_values(metric)[:, group]
+    out = []
+    for layer in range(result.n_layers):
+        rows = [f"{token_label(result.token_set.texts[t])}: {result.scores[layer, t]:.2f} "
+                f"(rank {int(result.ranks[layer, t])})" for t in members]
+        summary = "mean score" if metric == "score" else "geometric mean rank"
+        out.append(f"{summary} {value[layer]:.4g}<br>" + "<br>".join(rows))
+    return out
+
+
+def _log_ticks(top: int) -> list[int]:
+    """1, 2, 5, 10, 20, 50, ... up to ``top``: labelled ticks of a log rank axis (no unlabelled minor digits)."""
+    ticks, decade = [], 1
+    while decade <= top:
+        ticks += [m * decade for m in (1, 2, 5) if m * decade <= top]
+        decade *= 10
+    return ticks
+
+
+def plot_token_set_lens(
+    result: TokenSetLens,
+    metrics: Sequence[LensMetric] = ("score", "rank"),
+    title: str | None = None,
+) -> go.Figure:
+    """Each token group's mean lens score (and geometric mean rank) per layer, against a band from random directions.
+
+    One panel per metric, x = layer. Per group: the CoT direction's line (hover lists each token's
+    score and rank), the random directions' mean (dotted) and their quantile band (shaded). Ranks
+    are drawn on a reversed log axis, so up means promoted in both panels.
+
+    Args:
+        result: Output of :func:`lens_steer.analysis.token_set_lens`.
+        metrics: Panels, top to bottom: ``"score"`` and/or ``"rank"``.
+        title: Figure title.
+
+    Returns:
+        A figure with four scatter traces per group and metric (band edge, band, random mean,
+        direction), in that order.
+
+    Raises:
+        ValueError: If ``metrics`` is empty or holds an unknown metric.
+    """
+    if not metrics:
+        raise ValueError("metrics must name at least one of 'score', 'rank'")
+    layers = list(range(result.n_layers))
+    low_q, high_q = result.quantiles
+    panel = {"score": "mean lens score (logit) of each group",
+             "rank": f"geometric mean rank among {result.d_vocab:,} tokens (1 = top, log scale)"}
+    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                        subplot_titles=[panel[m] if m in panel else m for m in metrics])
+    for row, metric in enumerate(metrics, start=1):
+        values = result.group_values(metric)
+        low, mean, high = result.band(metric)
+        for g, name in enumerate(result.token_set.groups):
+            colour = _GROUP_COLOURS[g % len(_GROUP_COLOURS)]
+            fill = "rgba({}, {}, {}, 0.15)".format(*hex_to_rgb(colour))
+            legend = {"legendgroup": name, "showlegend": row == 1}
+            fig.add_trace(go.Scatter(x=layers, y=as_list(high[:, g]), mode="lines", line={"width": 0},
+                                     hoverinfo="skip", legendgroup=name, showlegend=False), row=row, col=1)
+            fig.add_trace(go.Scatter(
+                x=layers, y=as_list(low[:, g]), mode="lines", line={"width": 0}, fill="tonexty", fillcolor=fill,
+                name=f"{name}: random directions {low_q:.0%}–{high_q:.0%}", hoverinfo="skip", **legend),
+                row=row, col=1)
+            fig.add_trace(go.Scatter(
+                x=layers, y=as_list(mean[:, g]), mode="lines", line={"color": colour, "dash": "dot", "width": 2},
+                name=f"{name}: random mean", hovertemplate=f"layer %{{x}}: %{{y:.4g}}<extra>{name}, random "
+                                                           f"mean ({result.n_random})</extra>", **legend),
+                row=row, col=1)
+            fig.add_trace(go.Scatter(
+                x=layers, y=as_list(values[:, g]), mode="lines+markers", line={"color": colour, "width": 3},
+                marker={"size": 6}, name=f"{name}: CoT direction", text=_token_hover(result, g, metric),
+                hovertemplate=f"layer %{{x}}<br>%{{text}}<extra>{name}</extra>", **legend), row=row, col=1)
+        axis = {"title_text": "rank" if metric == "rank" else "mean score"}
+        if metric == "rank":
+            axis |= {"type": "log", "autorange": "reversed", "tickvals": _log_ticks(result.d_vocab),
+                     "tickformat": "~s", "minor": {"showgrid": False}}
+        fig.update_yaxes(row=row, col=1, **axis)
+    fig.update_xaxes(title_text="layer", row=len(metrics), col=1)
+    fig.update_xaxes(dtick=max(1, result.n_layers // 15))
+    fig.update_layout(
+        title=title or (f"Logit lens of the CoT direction: token groups vs {result.n_random} random directions "
+                        "of equal norm"),
+        template=TEMPLATE, height=380 * len(metrics) + 160,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.1, "xanchor": "left", "x": 0},
+    )
+    return fig
 
 
 def _lens_heatmap(

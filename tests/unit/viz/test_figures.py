@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,11 +15,24 @@ from lens_steer.method.vectors import SteeringVector
 
 BASE_FIGURES = {
     "layer_cosine", "split_half", "source_cosine", "pca_scatter", "pca_variance",
-    "logit_lens_top", "logit_lens_bottom", "projection_trace",
+    "logit_lens", "logit_lens_top", "logit_lens_bottom", "projection_trace",
 }
+HTML_ONLY = {"logit_lens_top", "logit_lens_bottom"}  # token tables: interactive only
 ALL_FIGURES = BASE_FIGURES | {"ablation_all", "ablation_layer2"}  # default ablations: every layer, --layer
 STRUCTURE = ["layer_cosine", "split_half", "source_cosine", "pca_scatter", "pca_variance"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NO_CHROMIUM_NOTE = Path(sys.prefix) / ".lens_steer-no-chromium"  # written by `make setup` (tests/setup_chromium.sh)
+
+
+def png_skip_reason() -> str:
+    """Why PNG export cannot run here, with the set-up's reason when it could not install a Chromium."""
+    reason = f"no PNG backend: {find_png_backend().reason}"
+    if NO_CHROMIUM_NOTE.is_file():
+        reason += f" (make setup: no Chromium: {NO_CHROMIUM_NOTE.read_text().strip()})"
+    return reason
+
+
+needs_png = pytest.mark.skipif(not find_png_backend().available, reason=png_skip_reason())
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +66,18 @@ def test_figures_cli_html_only(vector_dir, tmp_path, capsys):
     assert "--layer 2" in readme and "--no-png" in readme
     for name in ALL_FIGURES:
         assert f"({name}.html)" in readme and f"({name}.png)" not in readme
+    assert "[html](logit_lens_top.html) (interactive only)" in readme
     summary = json.loads((out / "summary.json").read_text())
     assert summary["structure"]["layer"] == 2 and summary["structure"]["n_questions"] == 5
     assert summary["structure"]["sources"]["names"] == ["arith", "trivia"]
     assert len(summary["structure"]["split_half"]["per_layer"]) == 4
     assert summary["logit_lens"]["norm_kind"] == "rms" and len(summary["logit_lens"]["top_tokens"]["2"]) == 10
+    token_set = summary["logit_lens"]["token_set"]  # the main figure: numerals only on a character vocabulary
+    assert token_set["tokens"] == {"step numerals": ["1", "2", "3"]} and token_set["n_random"] == 100
+    assert token_set["dropped"][" answer"].startswith("answer markers: not one token")
+    assert set(token_set["scores"]["step numerals"]) == {"direction", "random_low", "random_mean", "random_high"}
+    assert len(token_set["ranks"]["step numerals"]["direction"]) == 4
+    assert "- Token-set lens, layer 2: step numerals mean score" in readme
     assert summary["trace"]["cot"]["n_response_tokens"] <= 5
     ablation = summary["ablation"]
     assert set(ablation["ablation_all"]["conditions"]) == {"baseline", "ablated", "random"}
@@ -67,25 +89,30 @@ def test_figures_cli_html_only(vector_dir, tmp_path, capsys):
     rows = [json.loads(line) for line in (out / "ablation_all.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and {"baseline_n_tokens", "ablated_cot_style", "random_repetitive"} <= set(rows[0])
     assert (out / "ablation_layer2.jsonl").is_file()
-    assert "wrote 10 HTML and 0 PNG" in capsys.readouterr().out
+    assert "wrote 11 HTML and 0 PNG" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not find_png_backend().available, reason=f"no PNG backend: {find_png_backend().reason}")
-def test_figures_cli_png(vector_dir, tmp_path):
+@needs_png
+def test_figures_cli_png(vector_dir, tmp_path, capsys):
     out = tmp_path / "fig"
+    out.mkdir()
+    (out / "logit_lens_top.png").write_bytes(b"stale")  # an earlier run's PNG of an HTML-only figure
     assert _figures(vector_dir, out, "--ablation-questions", "1", "--ablation-layers", "1,2",
                     "--plotlyjs", "cdn") == 0
     pngs = {p.stem: p for p in out.glob("*.png")}
-    assert set(pngs) == BASE_FIGURES | {"ablation_layers1-2"}
+    assert set(pngs) == BASE_FIGURES - HTML_ONLY | {"ablation_layers1-2"}
     for p in pngs.values():
         assert p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 5_000
     assert not (out / "plotly.min.js").exists()
     readme = (out / "README.md").read_text()
-    assert "(ablation_layers1-2.png)" in readme and "PNG written for 9 of 9 figures with kaleido" in readme
+    assert "(ablation_layers1-2.png)" in readme and "PNG written for 8 of 8 figures with kaleido" in readme
+    assert "[html](logit_lens.html), [png](logit_lens.png)" in readme
+    captured = capsys.readouterr()
+    assert "wrote 10 HTML and 8 PNG" in captured.out and "PNG" not in captured.err  # HTML-only is no failure
     assert json.loads((out / "summary.json").read_text())["ablation"]["ablation_layers1-2"]["layers"] == [1, 2]
 
 
-@pytest.mark.skipif(not find_png_backend().available, reason=f"no PNG backend: {find_png_backend().reason}")
+@needs_png
 def test_export_pngs_reports_unrenderable_figures(tmp_path):
     import plotly.graph_objects as go
 
@@ -132,6 +159,37 @@ def test_paper_figures_without_model(vector_dir):
     bare = SteeringVector(directions=vec.directions, metadata=vec.metadata)
     paper = paper_figures(None, bare, 1)
     assert paper.figures == [] and "per-question" in paper.skipped["structure"]
+
+
+def _font_sizes(obj, path: str = "figure"):
+    """Every explicit font size in a figure's JSON (``*font.size``), with where it is."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key.endswith("font") and isinstance(value, dict) and isinstance(value.get("size"), (int, float)):
+                yield f"{path}.{key}", value["size"]
+            yield from _font_sizes(value, f"{path}.{key}")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _font_sizes(value, f"{path}[{i}]")
+
+
+def test_every_paper_figure_is_readable_at_100_percent(vector_dir, tiny):
+    from lens_steer.config import GenerationConfig
+    from lens_steer.viz.plotting_common import FONT_PX, MIN_FONT_PX
+
+    paper = paper_figures(tiny, SteeringVector.load(vector_dir), 2, trace_question="What is 2+2?",
+                          ablation_questions=["What is 1+2?"], generation=GenerationConfig(max_new_tokens=3),
+                          n_splits=5, lens_random=10)
+    assert {f.name for f in paper.figures} == BASE_FIGURES | {"ablation_all"}
+    for spec in paper.figures:
+        fig = spec.figure.to_dict()
+        assert fig["layout"]["template"]["layout"]["font"]["size"] == FONT_PX, spec.name
+        sizes = list(_font_sizes(fig))
+        assert sizes, spec.name  # the template's sizes at least
+        small = [(where, size) for where, size in sizes if size < MIN_FONT_PX]
+        assert not small, (spec.name, small)
+    assert [f.name for f in paper.figures if not f.png] == ["logit_lens_top", "logit_lens_bottom"]
+    assert [f.name for f in paper.figures][5] == "logit_lens"  # the main lens figure leads the lens group
 
 
 def test_write_html_modes(tmp_path):

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import plotly.graph_objects as go
-import plotly.io as pio
 import pytest
 import torch
 
 from lens_steer.analysis import (
+    TokenSet,
     cosine_by_source,
     direction_logit_lens,
     layer_cosine_matrix,
     pca_per_question,
     random_direction_control,
     split_half_stability,
+    token_set_lens,
 )
 from lens_steer.analysis.trace import AblationCondition, AblationResult, TraceResult
 from lens_steer.viz.plotting import (
@@ -27,8 +28,10 @@ from lens_steer.viz.plotting import (
     plot_source_cosine,
     plot_split_half,
     plot_sweep_heatmap,
+    plot_token_set_lens,
     plot_trace,
 )
+from lens_steer.viz.plotting_common import FONT_PX, MIN_FONT_PX
 
 N_Q, N_LAYERS, D = 12, 3, 8
 
@@ -83,7 +86,7 @@ def test_plot_pca_scatter_one_trace_per_source(per_q, sources) -> None:
     # wrapped, truncated, HTML-escaped
     assert "<br>" in hover and "…" in hover and "&lt;b&gt;" in hover
     assert fig.layout.xaxis.title.text.startswith("PC1")
-    assert fig.layout.template == pio.templates[TEMPLATE]
+    assert fig.layout.template == TEMPLATE
     assert _types(plot_pca_scatter(pca, sources)) == ["scatter"] * 3
     with pytest.raises(ValueError):
         plot_pca_scatter(pca, sources[:-1])
@@ -116,10 +119,11 @@ def test_plot_logit_lens_with_and_without_control(per_q) -> None:
 def test_logit_lens_tokens_have_no_control_characters() -> None:
     dirs = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
     W_U = torch.randn(4, 5, generator=torch.Generator().manual_seed(1))
-    vocab = ["\f", "a\x00", "\x7f", " <b>", "\x85"]
+    vocab = ["\f", "a\x00", "\x7f", " <b>", "\x85\"'"]
     fig = plot_logit_lens(direction_logit_lens(dirs, W_U, k=5, decode=vocab))
     cells = [t for row in fig.data[0].text for t in row]
-    assert sorted(set(cells)) == sorted({"␌", "a␀", "␡", "␣&lt;b&gt;", "\\x85"})
+    # quotes stay as they are: plotly.js draws &quot; literally
+    assert sorted(set(cells)) == sorted({"␌", "a␀", "␡", "␣&lt;b&gt;", "\\x85\"'"})
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for t in cells for c in t)
 
 
@@ -197,3 +201,41 @@ def test_plotting_writes_no_files(tmp_path, monkeypatch, per_q) -> None:
     plot_layer_cosine(layer_cosine_matrix(per_q.mean(0)))
     plot_sweep_heatmap([0], [1.0], [[0.5]], "acc")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_token_set_lens(per_q) -> None:
+    dirs = per_q.mean(0)
+    W_U = torch.randn(D, 30, generator=torch.Generator().manual_seed(1))
+    ts = TokenSet(groups=("step markers", "answer markers"), texts=(" step", "1", " The"), ids=(3, 4, 20),
+                  group_of=(0, 0, 1))
+    res = token_set_lens(dirs, W_U, ts, generator=torch.Generator().manual_seed(0), n_random=40)
+    fig = plot_token_set_lens(res)
+    assert _types(fig) == ["scatter"] * 16  # 2 metrics x 2 groups x (band edge, band, random mean, direction)
+    names = [t.name for t in fig.data[:8]]
+    assert names == [None, "step markers: random directions 5%–95%", "step markers: random mean",
+                     "step markers: CoT direction", None, "answer markers: random directions 5%–95%",
+                     "answer markers: random mean", "answer markers: CoT direction"]
+    low, mean, high = res.band("score")
+    assert list(fig.data[0].y) == pytest.approx(high[:, 0].tolist()) and fig.data[0].showlegend is False
+    assert fig.data[1].fill == "tonexty" and list(fig.data[1].y) == pytest.approx(low[:, 0].tolist())
+    assert list(fig.data[2].y) == pytest.approx(mean[:, 0].tolist())
+    assert list(fig.data[3].y) == pytest.approx(res.group_scores[:, 0].tolist())
+    assert list(fig.data[3].x) == list(range(N_LAYERS))
+    assert "␣step: " in fig.data[3].text[0] and "(rank " in fig.data[3].text[0]
+    ranks = fig.data[8:]
+    assert list(ranks[7].y) == pytest.approx(res.group_ranks[:, 1].tolist())
+    assert not any(t.showlegend for t in ranks) and all(t.yaxis == "y2" for t in ranks)
+    assert fig.layout.yaxis2.type == "log" and fig.layout.yaxis2.autorange == "reversed"
+    assert fig.layout.xaxis2.title.text == "layer" and "30 tokens" in fig.layout.annotations[1].text
+    assert fig.layout.template == TEMPLATE
+    assert _types(plot_token_set_lens(res, metrics=("rank",))) == ["scatter"] * 8
+    with pytest.raises(ValueError):
+        plot_token_set_lens(res, metrics=())
+
+
+def test_template_sets_readable_font_sizes() -> None:
+    layout = TEMPLATE.layout
+    assert layout.font.size == FONT_PX >= MIN_FONT_PX
+    assert min(layout.title.font.size, layout.legend.font.size, layout.annotationdefaults.font.size) >= MIN_FONT_PX
+    assert layout.uniformtext.minsize == MIN_FONT_PX  # bar text is never shrunk below it
+    assert all(h.textfont.size >= MIN_FONT_PX for h in TEMPLATE.data.heatmap)  # no auto-shrunk cell text
