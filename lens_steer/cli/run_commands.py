@@ -176,59 +176,12 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report(args) -> int:
-    import os
     import shlex
-    import shutil
 
-    from lens_steer.eval.results_dir import RUN_FILE, SUMMARY_FILE, read_run, read_summary
-    from lens_steer.eval.results import SummaryRow
-    from lens_steer.method.vectors import SteeringVector, VectorFileError
-    from lens_steer.viz.report import results_markdown
+    from lens_steer.viz.report_io import write_report
 
-    eval_run = read_run(args.eval)
-    eval_summary, _ = read_summary(args.eval)
-    sweep_run = sweep_summary = sweep_best = None
-    if args.sweep is not None:
-        sweep_run = read_run(args.sweep)
-        sweep_summary, extra = read_summary(args.sweep)
-        best = extra.get("best")
-        sweep_best = ({m: (SummaryRow.from_dict(s) if s else None) for m, s in best.items()} if best else None)
-    sources = []
-    for tag, path in (("eval", args.eval), ("sweep", args.sweep)):
-        if path is None:
-            continue
-        if args.copy_summaries is not None:
-            args.copy_summaries.mkdir(parents=True, exist_ok=True)
-            for name in (SUMMARY_FILE, RUN_FILE):
-                dest = args.copy_summaries / f"{tag}-{name}"
-                shutil.copyfile(path / name, dest)
-                sources.append(str(dest))
-        else:
-            sources.append(str(path / SUMMARY_FILE))
-    heatmaps = []
-    if args.sweep is not None and (args.sweep / "heatmaps").is_dir():
-        found = sorted((args.sweep / "heatmaps").glob("all-*.*")) or sorted((args.sweep / "heatmaps").glob("*.*"))
-        for src in found:
-            if args.copy_summaries is not None:
-                dest = args.copy_summaries / f"sweep-{src.name}"
-                shutil.copyfile(src, dest)
-                src = dest
-            heatmaps.append(os.path.relpath(src, args.out.parent))
-    vector_config = None
-    if eval_run.settings.vector is not None:
-        try:
-            vector_config = SteeringVector.load(eval_run.settings.vector.path).metadata
-        except VectorFileError:  # the vector directory is gone or changed: the document says less about it
-            vector_config = None
-    text = results_markdown(
-        eval_run, eval_summary, sweep_run=sweep_run, sweep_summary=sweep_summary, sweep_best=sweep_best,
-        heatmaps=heatmaps, sources=sources, command=shlex.join(["lens-steer", *args.argv]),
-        title=args.title, notes=args.note, vector_config=vector_config)
-    from lens_steer.storage import atomic_write, storage_errors
-
-    with storage_errors(args.out):
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, text)
+    write_report(args.eval, args.out, sweep_dir=args.sweep, copy_summaries=args.copy_summaries,
+                 command=shlex.join(["lens-steer", *args.argv]), title=args.title, notes=args.note)
     print(f"wrote {args.out}")
     return 0
 

@@ -31,8 +31,7 @@ def _derive_args(p: argparse.ArgumentParser) -> None:
 
 
 def _derive(args) -> int:
-    from lens_steer.data.questions import as_questions, questions_hash
-    from lens_steer.method.checkpoint import DeriveCheckpoint
+    from lens_steer.method.checkpoint import derive_checkpoint
     from lens_steer.method.derive import derive_cot_vector
 
     if args.engine != "bridge" and args.method != "fused":
@@ -45,11 +44,9 @@ def _derive(args) -> int:
     gen = generation_config(args)
     checkpoint = None
     if args.chunk_questions:
-        qs = as_questions(items)
-        checkpoint = DeriveCheckpoint(args.out, {
-            "model": engine.info.to_dict(), "engine": engine.name, "questions": questions_hash(qs),
-            "n_questions": len(qs), "template": template(args).to_dict(), "generation": gen.to_dict(),
-            "positions": args.positions, "method": args.method, "chunk_questions": args.chunk_questions})
+        checkpoint = derive_checkpoint(args.out, engine, items, template=template(args), generation=gen,
+                                       positions=args.positions, method=args.method,
+                                       chunk_questions=args.chunk_questions)
     start = time.perf_counter()
     vector = derive_cot_vector(engine, items, template=template(args), generation=gen, positions=args.positions,
                                method=args.method, progress=not args.no_progress,
@@ -177,59 +174,29 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
 
 
 def _figures(args) -> int:
-    from lens_steer.config import GenerationConfig, default_layer
-    from lens_steer.data.corpus import demo_questions_path, load_questions_jsonl
-    from lens_steer.data.registry import subsample
-    from lens_steer.method.vectors import SteeringVector
-    from lens_steer.models import check_layer, load_model, n_layers
     from lens_steer.config import torch_dtype
-    from lens_steer.prompts import PromptTemplate
-    from lens_steer.viz.figure_io import write_paper_figures
-    from lens_steer.viz.figure_settings import FigureSettings
-    from lens_steer.viz.figures import paper_figures
+    from lens_steer.method.vectors import SteeringVector
+    from lens_steer.models import load_model, n_layers
+    from lens_steer.viz.figure_run import make_figures, resolve_figure_settings
 
     vector = SteeringVector.load(args.vector)
     model_name = args.model or vector.metadata.model_id
     model = load_model(model_name, device=args.device, dtype=torch_dtype(args.dtype))
-    vector.check_compatible(model, allow_other_model=args.allow_other_model)
-    layer = args.layer if args.layer is not None else default_layer(model_name, n_layers(model))
-    check_layer(model, layer)
-    trace_question = args.trace_question
-    if trace_question is None:
-        trace_question = load_questions_jsonl(demo_questions_path("heldout"))[0].question
-    ablation_sets = args.ablation_layers or ["all", str(layer)]
-    ablation_layers = [None if spec.strip() == "all" else [check_layer(model, int(x)) for x in spec.split(",") if x.strip()]
-                       for spec in ablation_sets]
-    items = []
-    if args.ablation_questions > 0:
-        pool = (load_questions_jsonl(args.ablation_file) if args.ablation_file is not None else
-                load_questions_jsonl(demo_questions_path("derive")) + load_questions_jsonl(demo_questions_path("heldout")))
-        items = subsample(pool, args.ablation_questions, args.seed)
-    prompt_template = PromptTemplate(**vector.metadata.templates) if vector.metadata.templates else None
-    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    start = time.perf_counter()
-    paper = paper_figures(model, vector, layer, trace_question=trace_question or None, ablation_questions=items,
-                          ablation_layers=ablation_layers, generation=generation, template=prompt_template,
-                          k=args.top_k, seed=args.seed, n_splits=args.n_splits, progress=not args.no_progress)
-    meta = vector.metadata
-    info = {"directory": str(args.vector), "model": meta.model_id, "fingerprint": meta.model_fingerprint,
-            "layers x d_model": f"{meta.n_layers} x {meta.d_model}", "questions": len(meta.question_ids),
-            "corpus sha256": meta.corpus_hash, "positions": meta.positions, "created": meta.created,
-            "generation": json.dumps(meta.generation)}
-    settings = FigureSettings(
-        model=model_name, layer=layer, trace_question=trace_question, ablation_questions=args.ablation_questions,
-        ablation_file=None if args.ablation_file is None else str(args.ablation_file),
-        ablation_layers=tuple(ablation_sets), max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+    settings = resolve_figure_settings(
+        model_name, n_layers(model), layer=args.layer, trace_question=args.trace_question,
+        ablation_questions=args.ablation_questions, ablation_file=args.ablation_file,
+        ablation_layers=args.ablation_layers, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         top_k=args.top_k, n_splits=args.n_splits, seed=args.seed, device=args.device, dtype=args.dtype,
         allow_other_model=args.allow_other_model)
-    command = shlex.join(["lens-steer", *args.argv])
-    report = write_paper_figures(paper, args.out, command=command, vector_info=info, png=args.png,
-                                 plotlyjs=args.plotlyjs, settings=settings)
+    start = time.perf_counter()
+    run = make_figures(model, vector, settings, args.out, command=shlex.join(["lens-steer", *args.argv]),
+                       png=args.png, plotlyjs=args.plotlyjs, progress=not args.no_progress, vector_dir=args.vector)
+    report = run.written
     print(f"wrote {len(report.html)} HTML and {len(report.png)} PNG figures to {args.out} "
           f"in {time.perf_counter() - start:.1f} s")
-    if args.png and len(report.png) < len(report.html):
+    if args.png and report.png_missing:
         print(f"lens-steer figures: {report.png_message} (HTML written)", file=sys.stderr)
-    for name, reason in paper.skipped.items():
+    for name, reason in run.paper.skipped.items():
         print(f"lens-steer figures: skipped {name}: {reason}", file=sys.stderr)
     return 0
 

@@ -22,7 +22,7 @@ from lens_steer.method.collect import ResidualMeans
 from lens_steer.method.vectors import CHECKPOINT_DIR, _is_vector_dir
 from lens_steer.storage import atomic_write, json_text, storage_errors, write_json
 
-__all__ = ["CheckpointMismatch", "DeriveCheckpoint"]
+__all__ = ["CheckpointMismatch", "DeriveCheckpoint", "derive_checkpoint"]
 
 SETTINGS_FILE = "settings.json"
 
@@ -107,3 +107,17 @@ class DeriveCheckpoint:
             raise CheckpointMismatch(f"chunk {i} of {self.dir} holds {t['means'].shape[0]} prompts, expected "
                                      f"{len(prompts)}; delete {self.dir} to start afresh")
         return ResidualMeans(means=t["means"], counts=t["counts"], norms=t["norms"], generations=generations)
+
+
+def derive_checkpoint(out: str | os.PathLike[str], engine, questions, *, template, generation, positions: str,
+                      method: str, chunk_questions: int) -> DeriveCheckpoint:
+    """The checkpoint of ``derive_cot_vector(engine, questions, ...)`` into ``out``, its settings being everything
+    that decides the chunks (the engine and its model, the questions, templates, generation, positions, method,
+    chunk size)."""
+    from lens_steer.data.questions import as_questions, questions_hash
+
+    qs = as_questions(questions)
+    return DeriveCheckpoint(out, {
+        "model": engine.info.to_dict(), "engine": engine.name, "questions": questions_hash(qs),
+        "n_questions": len(qs), "template": template.to_dict(), "generation": generation.to_dict(),
+        "positions": positions, "method": method, "chunk_questions": chunk_questions})

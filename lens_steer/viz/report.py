@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 from lens_steer.eval.conditions import BASELINE
@@ -106,6 +107,18 @@ def _wall(run: RunRecord, summary: Sequence[SummaryRow]) -> list[str]:
     return lines
 
 
+def shown_path(path: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> str:
+    """``path`` as a committed document should show it: relative to ``base`` (default: the working
+    directory, the repository when run from its root) when it lies inside ``base`` or beside it (one
+    ``..``, e.g. ``../shared/data``); otherwise unchanged. Non-paths (``"hub"``) are returned as they are."""
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    rel = os.path.relpath(text, os.fspath(base) if base is not None else os.getcwd())
+    parts = rel.split(os.sep)
+    return rel if parts.count("..") <= 1 and all(x == ".." for x in parts[:parts.count("..")]) else text
+
+
 def _top(summary: Sequence[SummaryRow]) -> str:
     names = [s.benchmark for s in summary]
     return "all" if "all" in names else names[0]
@@ -119,13 +132,13 @@ def _settings(run: RunRecord) -> list[str]:
         f"fingerprint `{model.get('fingerprint')}`), dtype {st.dtype}.",
     ]
     if vec:
-        lines.append(f"- Steering vector: `{vec.path}` (corpus hash `{str(vec.corpus_hash)[:16]}`, "
+        lines.append(f"- Steering vector: `{shown_path(vec.path)}` (corpus hash `{str(vec.corpus_hash)[:16]}`, "
                      f"{vec.n_questions} questions, tensors sha256 `{str(vec.tensors_sha256)[:16]}`).")
     lines += [
         f"- Benchmarks: {', '.join(f'`{b}`' for b in data.benchmarks)}; split `{data.split}`; "
         f"limit {data.limit} per benchmark"
         + (f", {data.task_limit} per AGIEval task" if data.task_limit else "")
-        + f" (seeded subsample, seed {data.seed}); data from `{data.source}`.",
+        + f" (seeded subsample, seed {data.seed}); data from `{shown_path(data.source)}`.",
         f"- Generation: greedy={not gen.get('do_sample')}, max_new_tokens {gen.get('max_new_tokens')}, "
         f"batch size {gen.get('batch_size')}, KV cache {gen.get('use_cache')}, seed {gen.get('seed')}; "
         f"chunks of {st.chunk_size} items.",

@@ -29,8 +29,9 @@ ALLOWED = {
     "viz": {"storage", "config", "models", "engines", "data", "method", "eval", "analysis", "prompts"},
     "notebook": {"storage", "config", "models", "engines", "data", "method", "eval", "analysis", "viz", "prompts"},
     "demo": {"storage", "config", "models", "engines", "data", "method", "eval", "analysis", "viz", "prompts"},
+    "reproduce": {"storage", "config", "models", "engines", "data", "method", "eval", "analysis", "viz", "prompts"},
     "cli": {"storage", "config", "models", "engines", "data", "method", "eval", "analysis", "viz", "prompts", "demo",
-            "interop"},
+            "interop", "reproduce"},
     "__init__": {"_version", "config", "models", "engines", "method", "prompts"},
 }
 MAX_LINES = 400

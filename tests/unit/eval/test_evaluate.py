@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -361,6 +362,33 @@ def test_report_from_runs(tiny_dir, vector_dir, tmp_path):
     assert (copies / "eval-summary.json").is_file() and (copies / "sweep-run.json").is_file()
     assert "results/eval-summary.json" in text
     assert main(["report", "--eval", str(tmp_path / "nope"), "--out", str(doc)]) == 2
+
+
+def run_source(run_dir) -> str:
+    return json.loads((Path(run_dir) / "run.json").read_text())["settings"]["data"]["source"]
+
+
+def test_report_shows_paths_relative_to_the_repository(tiny_dir, vector_dir, tmp_path, monkeypatch):
+    """Committed documents name the vector and the data relative to where the report is run (the
+    repository root), also inside the copied run.json; paths elsewhere stay as they are."""
+    from lens_steer.viz.report import shown_path
+
+    assert shown_path("/r/repo/runs/v", "/r/repo") == "runs/v"
+    assert shown_path("/r/shared/data", "/r/repo") == "../shared/data"
+    assert shown_path("/elsewhere/deep/data", "/r/repo") == "/elsewhere/deep/data"
+    assert shown_path("hub", "/r/repo") == "hub" and shown_path("runs/v", "/r/repo") == "runs/v"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    ev_dir = repo / "runs" / "eval"
+    assert main(_eval_argv(tiny_dir, vector_dir, ev_dir)) == 0
+    monkeypatch.chdir(repo)
+    assert main(["report", "--eval", "runs/eval", "--out", "docs/results.md", "--copy-summaries", "docs/results"]) == 0
+    text = (repo / "docs" / "results.md").read_text()
+    run = json.loads((repo / "docs" / "results" / "eval-run.json").read_text())
+    shown = run["settings"]["vector"]["path"], run["settings"]["data"]["source"]
+    assert f"- Steering vector: `{shown[0]}`" in text and f"data from `{shown[1]}`" in text
+    assert shown[0] == shown_path(vector_dir, repo) and shown[1] == shown_path(run_source(ev_dir), repo)
+    assert not os.path.isabs(shown_path(repo / "runs" / "v", repo))
 
 
 def test_sigterm_stops_cleanly(tiny_dir, vector_dir, tmp_path, monkeypatch):
