@@ -111,7 +111,6 @@ class VllmEngine:
                        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
                        tensor_parallel_size=tensor_parallel_size, **llm_kwargs)
         self.workers = workers
-        self.prefix_caching = enable_prefix_caching
         self.block_size = int(self.llm.llm_engine.vllm_config.cache_config.block_size)
         """KV-cache block size: prefixes are cached and reused in whole blocks."""
         self.last_cached_tokens: list[int] = []

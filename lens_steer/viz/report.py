@@ -115,8 +115,7 @@ def shown_path(path: str | os.PathLike[str], base: str | os.PathLike[str] | None
     if not os.path.isabs(text):
         return text
     rel = os.path.relpath(text, os.fspath(base) if base is not None else os.getcwd())
-    parts = rel.split(os.sep)
-    return rel if parts.count("..") <= 1 and all(x == ".." for x in parts[:parts.count("..")]) else text
+    return rel if rel.split(os.sep).count("..") <= 1 else text  # relpath puts every ".." first
 
 
 def _top(summary: Sequence[SummaryRow]) -> str:
