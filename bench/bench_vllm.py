@@ -10,7 +10,8 @@ Each engine runs in its own subprocess (one vLLM engine per process) and does, i
 
 Printed: wall seconds of each (engine start reported apart), generated tokens per second, the ratio
 vLLM / bridge, responses equal between engines, the derived vectors' per-layer cosine, and the vLLM
-engine's steering overhead (the same prompts unsteered and steered in one call each).
+engine's steering overhead (the same prompts unsteered and steered, one call each, interleaved, the
+prefix cache emptied before every call).
 
 Usage::
 
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Table, load_line, machine, run_worker  # noqa: E402
+from common import Table, load_line, machine, median, run_worker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,22 +94,39 @@ def worker(spec: dict) -> dict:
         st = v.metadata.stats
         result["derive"] = {"wall_s": wall, "questions": len(qs), "path": str(path),
                             "tokens": round((st["mean_tokens_cot"] + st["mean_tokens_direct"]) * len(qs))}
-    if spec["engine"] == "vllm" and "eval" not in spec["skip"]:
-        examples, _ = DataSettings(("gsm8k",), limit=spec["n"], data_dir=spec["data_dir"]).load()
-        prompts = [encode_prompt(engine.tokenizer, e.question, "direct") for e in examples]
-        direction = vec.directions[15] / vec.directions[15].norm()
-        times = {}
-        # c = 0: the whole steering path runs (plans, per-step index fill, bank rows) but adds zeros, so
-        # responses and lengths equal the unsteered ones and the time difference is the mechanism's cost
-        for label, steer in (("unsteered", None), ("continuous", Steering(direction, 15, 4.0, "continuous")),
-                             ("continuous-c0", Steering(direction, 15, 0.0, "continuous")),
-                             ("unsteered2", None), ("single", Steering(direction, 15, 20.0, "single")),
-                             ("single-c0", Steering(direction, 15, 0.0, "single"))):
+    if spec["engine"] == "vllm" and "steer" not in spec["skip"] and spec.get("steer_repeats"):
+        result["steer_overhead"] = _steer_overhead(engine, spec, vec, gen)
+    return result
+
+
+def _steer_overhead(engine, spec: dict, vec, gen) -> dict:
+    """Seconds and generated tokens of the same direct prompts unsteered and steered, one call each,
+    the labels interleaved ``spec["steer_repeats"]`` times. The prefix cache is emptied before every
+    call: otherwise an unsteered call would find its prompts cached by the previous unsteered one while
+    a steered call (salted by its steering) computes them, which is not the steering's cost. At c = 0
+    the whole steering path runs (plans, per-step index fill, bank rows) but adds zeros, so responses
+    equal the unsteered ones and the time difference is the mechanism's cost alone."""
+    from lens_steer.engines.base import Steering
+    from lens_steer.eval import DataSettings
+    from lens_steer.prompts import encode_prompt
+
+    examples, _ = DataSettings(("gsm8k",), limit=spec["n"], data_dir=spec["data_dir"]).load()
+    prompts = [encode_prompt(engine.tokenizer, e.question, "direct") for e in examples]
+    direction = vec.directions[15] / vec.directions[15].norm()
+    labels = {"unsteered": None,
+              "continuous-c0": Steering(direction, 15, 0.0, "continuous"),
+              "single-c0": Steering(direction, 15, 0.0, "single"),
+              "continuous": Steering(direction, 15, 4.0, "continuous"),
+              "single": Steering(direction, 15, 20.0, "single")}
+    times: dict[str, list] = {k: [] for k in labels}
+    engine.generate(prompts[:4], gen, progress=False)  # warm-up outside the timing
+    for _ in range(spec["steer_repeats"]):
+        for label, steer in labels.items():
+            engine.llm.reset_prefix_cache()
             t = time.perf_counter()
             gens = engine.generate(prompts, gen, steering=steer, progress=False)
-            times[label] = (time.perf_counter() - t, sum(len(x.response_ids) for x in gens))
-        result["steer"] = times
-    return result
+            times[label].append([time.perf_counter() - t, sum(len(x.response_ids) for x in gens)])
+    return times
 
 
 def _timed_run(out: Path, settings, engine, vec) -> dict:
@@ -138,7 +156,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16, help="bridge batch size of eval and sweep")
     p.add_argument("--chunk", type=int, default=0, help="items per resumable chunk (default: batch)")
     p.add_argument("--step-tokens", type=int, default=2048, help="vLLM max_num_batched_tokens")
-    p.add_argument("--skip", default="", help="comma-separated of eval,sweep,derive")
+    p.add_argument("--steer-repeats", type=int, default=3, help="interleaved repeats of the steering-overhead calls")
+    p.add_argument("--skip", default="", help="comma-separated of eval,sweep,derive,steer (steer: the vLLM "
+                   "engine's steering overhead on --n GSM8K test prompts)")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--out", default=str(REPO / "runs" / "bench" / "vllm"), help="derived vectors go here")
     args = p.parse_args()
@@ -152,6 +172,7 @@ def main() -> None:
             "sweep_tokens": args.sweep_tokens, "sweep_layers": [int(x) for x in args.sweep_layers.split(",")],
             "sweep_scales": [float(x) for x in args.sweep_scales.split(",")], "derive_n": args.derive_n,
             "derive_tokens": args.derive_tokens, "derive_batch": args.derive_batch, "out": args.out,
+            "steer_repeats": args.steer_repeats,
             "skip": [x for x in args.skip.split(",") if x]}
     res = {e: run_worker(Path(__file__), {**spec, "engine": e}) for e in ("bridge", "vllm")}
     print(load_line())
@@ -168,7 +189,8 @@ def main() -> None:
             equal = f"{sum(a[k] == b.get(k) for k in a)}/{len(a)}" if a and b else ""
             label = f"{job} ({j['cells']} cells)" if "cells" in j else job
             table.add(label, e, j["wall_s"], j.get("rows", j.get("questions")), int(j["tokens"]), rate, rate / base, equal)
-    print(table.render())
+    if table.rows:
+        print(table.render())
     if "derive" in res["bridge"]:
         import torch
 
@@ -178,17 +200,17 @@ def main() -> None:
         cos = torch.nn.functional.cosine_similarity(a.directions, b.directions, dim=-1)
         print(f"derived vectors ({res['vllm']['derive']['questions']} questions): per-layer cosine vllm vs bridge "
               f"min {cos.min().item():.5f}, mean {cos.mean().item():.5f}")
-    if "steer" in res["vllm"]:
-        st = res["vllm"]["steer"]
-        base_rate = (st["unsteered"][1] + st["unsteered2"][1]) / (st["unsteered"][0] + st["unsteered2"][0])
-        for mode in ("continuous", "single"):
-            secs, toks = st[mode]
-            secs0, toks0 = st[f"{mode}-c0"]
-            print(f"vllm {mode}: {toks / secs:.1f} tok/s vs unsteered {base_rate:.1f} "
-                  f"(slowdown {base_rate / (toks / secs):.3f}; lengths differ under steering, so per-token rates); "
-                  f"at c=0 (same responses, the mechanism alone): {toks0 / secs0:.1f} tok/s, "
-                  f"slowdown {base_rate / (toks0 / secs0):.3f}")
-
+    if "steer_overhead" in res["vllm"]:
+        st = res["vllm"]["steer_overhead"]
+        print(f"vLLM steering overhead ({spec['n']} GSM8K direct prompts, {spec['tokens']} new tokens, one call per "
+              f"label, labels interleaved x{spec['steer_repeats']}, prefix cache emptied before each call): "
+              f"median tok/s, slowdown = unsteered rate / steered rate")
+        rates = {k: median([t / s for s, t in v]) for k, v in st.items()}
+        table = Table(["steering", "median tok/s", "runs", "slowdown vs unsteered", "same tokens as unsteered"])
+        for k, v in st.items():
+            table.add(k, rates[k], len(v), rates["unsteered"] / rates[k],
+                      "yes" if all(t == st["unsteered"][0][1] for _, t in v) else "no (steered lengths differ)")
+        print(table.render())
 
 if __name__ == "__main__":
     main()
