@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lens_steer.storage import json_text, write_json
+from lens_steer.viz.report import text_table
 
-__all__ = ["RECORD_FILE", "Record", "StageRecord", "StageResult", "describe_changes", "fingerprint", "stage_table",
-           "text_table"]
+__all__ = ["RECORD_FILE", "Record", "StageRecord", "StageResult", "describe_changes", "fingerprint", "stage_table"]
 
 RECORD_FILE = "reproduce.json"
 FORMAT_VERSION = 1
@@ -121,15 +121,6 @@ def describe_changes(old: Mapping, new: Mapping) -> str:
                 continue
         parts.append(f"{key} {_show(before)} -> {_show(after)}")
     return "; ".join(parts) or "inputs changed"
-
-
-def text_table(rows: list[tuple[str, ...]], left: int) -> str:
-    """Fixed-width text of a header and rows: the first ``left`` columns left-aligned, the rest right-aligned."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def stage_table(results) -> str:

@@ -10,7 +10,7 @@ from lens_steer.eval.conditions import Condition, steered_condition
 from lens_steer.eval.results import SummaryRow
 from lens_steer.eval.sweep import BEST_RULE, best_steered
 from lens_steer.reproduce.presets import Preset
-from lens_steer.reproduce.record import text_table
+from lens_steer.viz.report import text_table
 
 __all__ = ["HeadlineRow", "SelectedCell", "Selection", "eval_conditions", "headline", "headline_table", "select_cells"]
 

@@ -13,7 +13,7 @@ from lens_steer.eval.scoring import COT_MIN_SENTENCES, COT_MIN_WORDS_NO_ANSWER
 from lens_steer.eval.sweep import sweep_grid
 from lens_steer.method.vectors import VectorMetadata
 
-__all__ = ["PAPER_MODELS", "format_table", "results_markdown"]
+__all__ = ["PAPER_MODELS", "format_table", "results_markdown", "text_table"]
 
 PAPER_MODELS: tuple[dict, ...] = (
     {"model": "meta-llama/Meta-Llama-3-8B-Instruct", "single": (16, 20.0), "continuous": (13, 1.0),
@@ -53,8 +53,14 @@ def format_table(summary: Sequence[SummaryRow]) -> str:
     rows = [head]
     for s in summary:
         rows.append((s.benchmark, _cond_label(s), str(s.n), *_cells(s), _pct(s.cot_style_rate)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    return text_table(rows, 2)
+
+
+def text_table(rows: Sequence[Sequence[str]], left: int) -> str:
+    """Fixed-width text of a header and rows: the first ``left`` columns left-aligned, the rest right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
