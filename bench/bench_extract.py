@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from lens_steer.engines.api import fast_forward, set_fast_path
-    from lens_steer.engines.bridge import left_pad as _left_pad, plan_batches
+    from lens_steer.engines.decoding import left_pad as _left_pad, plan_batches
     from lens_steer.engines.hooks import attach
     from lens_steer.models import load_hf, resid_post_name, wrap_model
     from lens_steer.prompts import render_prompt

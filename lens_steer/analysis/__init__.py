@@ -1,4 +1,6 @@
-"""Analyses of CoT steering vectors: similarity, PCA, logit lens, token-set lens (pure); projection trace, ablation and steering probe (run the model, write nothing)."""
+"""Analyses of CoT steering vectors: similarity, PCA, logit lens, token-set lens (pure); projection trace,
+ablation and steering probes (run the model, write nothing); everything the paper figures show in one call
+(:func:`~lens_steer.analysis.paper.analyse_vector`)."""
 
 from lens_steer.analysis.logit_lens import (
     LogitLensResult,
@@ -8,6 +10,21 @@ from lens_steer.analysis.logit_lens import (
     random_direction_control,
     random_directions,
     token_overlap,
+)
+from lens_steer.analysis.paper import (
+    LENS_RANDOM_DIRECTIONS,
+    AblationAnalysis,
+    FigureSettings,
+    LensAnalysis,
+    Skipped,
+    TraceAnalysis,
+    VectorAnalysis,
+    VectorStructure,
+    ablation_name,
+    analyse_vector,
+    paper_analysis,
+    resolve_figure_settings,
+    vector_structure,
 )
 from lens_steer.analysis.pca import PCAResult, alignment_with_direction, pca_per_question
 from lens_steer.analysis.probe import ProbeGrid, probe_steering
@@ -42,21 +59,31 @@ from lens_steer.analysis.trace import (
 
 __all__ = [
     "ABLATION_CONDITIONS",
+    "AblationAnalysis",
     "AblationCondition",
     "AblationResult",
     "DEFAULT_TOKEN_GROUPS",
     "DroppedToken",
+    "FigureSettings",
+    "LENS_RANDOM_DIRECTIONS",
+    "LensAnalysis",
     "LensMetric",
     "LogitLensResult",
     "NormKind",
     "PCAResult",
     "PairwiseCosineStats",
     "ProbeGrid",
+    "Skipped",
     "SourceCosineResult",
     "TokenSet",
     "TokenSetLens",
+    "TraceAnalysis",
     "TraceResult",
+    "VectorAnalysis",
+    "VectorStructure",
+    "ablation_name",
     "alignment_with_direction",
+    "analyse_vector",
     "cosine_by_source",
     "direction_ablation",
     "direction_logit_lens",
@@ -65,14 +92,17 @@ __all__ = [
     "layer_cosine_matrix",
     "lens_scores",
     "pairwise_cosine_stats",
+    "paper_analysis",
     "pca_per_question",
     "probe_steering",
     "projection_onto_direction",
     "projection_trace",
     "random_direction_control",
     "random_directions",
+    "resolve_figure_settings",
     "resolve_token_set",
     "split_half_stability",
     "token_overlap",
     "token_set_lens",
+    "vector_structure",
 ]

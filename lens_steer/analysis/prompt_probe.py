@@ -1,5 +1,6 @@
 """One prompt answered unsteered and steered at one layer and size, with the projection trace of both
-answers: the logic behind the notebook's layer-probing widget. Runs the model, writes nothing."""
+answers: the logic behind the notebook's layer-probing widget (:func:`probe_request` answers one request of
+its controls; :mod:`lens_steer.viz.probe_widget` only draws). Runs the model, writes nothing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from dataclasses import dataclass
 
 from lens_steer.analysis.trace import TraceResult, projection_trace
 
-__all__ = ["ProbeAnswer", "ProbeInputError", "PromptProbe", "probe_prompt"]
+__all__ = ["SIZE_KINDS", "ProbeAnswer", "ProbeInputError", "ProbeOutcome", "ProbeRequest", "PromptProbe",
+           "probe_prompt", "probe_request"]
+
+SIZE_KINDS: tuple[str, ...] = ("scale", "coeff")
+"""How a request's size is read: a fraction of the layer's mean residual norm, or the raw coefficient c."""
 
 
 class ProbeInputError(ValueError):
@@ -220,3 +225,60 @@ def probe_prompt(
         mode=mode, engine=answering.name, trace_layer=read_at if trace else None, max_new_tokens=cfg.max_new_tokens,
         unsteered=answers[0], steered=answers[1], notes=notes,
     )
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """What the widget's controls ask for.
+
+    Attributes:
+        prompt: Question text. layer: Steered block. size: The slider's value, read as ``size_kind``.
+        size_kind: ``"scale"`` or ``"coeff"`` (see :data:`SIZE_KINDS`). mode: ``"continuous"`` or
+        ``"single"``. style: Prompt style. engine: Engine name in the menu. trace_layer: Block the
+        traces read (None: the steered layer).
+    """
+
+    prompt: str
+    layer: int
+    size: float
+    size_kind: str = "scale"
+    mode: str = "continuous"
+    style: str = "direct"
+    engine: str = "bridge"
+    trace_layer: int | None = None
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """A request answered (``result``), or the one-line reason it could not run (``message``; nothing ran)."""
+
+    result: PromptProbe | None = None
+    message: str = ""
+
+
+def probe_request(model, vector, engines, request: ProbeRequest, generation=None) -> ProbeOutcome:
+    """Answer one request of the widget's controls with :func:`probe_prompt`.
+
+    Args:
+        model: A ``TransformerBridge`` (traces; the ``bridge`` engine).
+        vector: A ``SteeringVector``.
+        engines: The engines offered (an :class:`~lens_steer.engines.menu.EngineMenu`).
+        request: The controls' values.
+        generation: A :class:`~lens_steer.config.GenerationConfig`.
+
+    Returns:
+        A :class:`ProbeOutcome`: the probe, or for bad input or an engine that cannot start, the message.
+    """
+    from lens_steer.engines.menu import EngineUnavailableError
+
+    try:
+        if request.size_kind not in SIZE_KINDS:
+            raise ProbeInputError(f"unknown size kind {request.size_kind!r}; choose one of {', '.join(SIZE_KINDS)}")
+        coeff = request.size if request.size_kind == "coeff" else None
+        scale = request.size if request.size_kind == "scale" else None
+        engine = engines.get(request.engine)
+        return ProbeOutcome(probe_prompt(model, vector, request.prompt, request.layer, coeff, scale=scale,
+                                         mode=request.mode, style=request.style, engine=engine,
+                                         generation=generation, trace_layer=request.trace_layer))
+    except (ProbeInputError, EngineUnavailableError) as exc:
+        return ProbeOutcome(message=str(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -41,3 +42,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             StorageError, LockedError) as exc:
         print(f"lens-steer {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed early (`lens-steer info V | head -1`): quiet, as other tools are
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # a file named on the command line that cannot be read or written (no permission, ...)
+        if exc.filename is None:
+            raise
+        print(f"lens-steer {args.command}: error: {_file_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def _file_error(exc: OSError) -> str:
+    """``PATH: reason`` for an ``OSError`` about a file (both paths of a rename)."""
+    where = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    return f"{where}: {exc.strerror or exc}"

@@ -7,16 +7,20 @@ import argparse
 from pathlib import Path
 
 from lens_steer.config import DTYPES, EMBEDDED_MODEL, GenerationConfig
+from lens_steer.engines.registry import engine_names, engine_spec
+from lens_steer.models.files import NAMED_MODELS
 from lens_steer.prompts import DEFAULT_TEMPLATE, PromptTemplate
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=EMBEDDED_MODEL,
-                   help=f"hub name, local HF directory, .gguf file, or {EMBEDDED_MODEL} (default)")
+                   help="hub name, local HF directory, .gguf file, or a named offline model: "
+                        + "; ".join(f"{m.name} ({m.title}; {m.install})" for m in NAMED_MODELS.values())
+                        + f" (default {EMBEDDED_MODEL})")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    p.add_argument("--engine", choices=["bridge", "vllm"], default="bridge",
-                   help="bridge: TransformerLens (default); vllm: vLLM (`make setup-vllm`; generate, eval, sweep, derive, demo)")
+    p.add_argument("--engine", choices=list(engine_names()), default="bridge",
+                   help="; ".join(f"{n}: {engine_spec(n).description}" for n in engine_names()))
     v = p.add_argument_group("vLLM engine (--engine vllm)")
     v.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per model replica that split each layer")
     v.add_argument("--pipeline-parallel-size", type=int, default=1, help="stages that split the layers (e.g. nodes)")
@@ -62,28 +66,25 @@ def csv(text: str, cast=str) -> list:
     return [cast(x.strip()) for x in text.split(",") if x.strip()]
 
 
-def load_engine(args, *, capture_residuals: bool = False):
-    """The engine named by ``--engine`` for ``--model --device --dtype`` and the vLLM options (see
-    :func:`lens_steer.engines.api.open_engine`)."""
-    from lens_steer.engines.api import open_engine
+_ENGINE_OPTIONS = (("tensor_parallel_size", 1), ("pipeline_parallel_size", 1), ("distributed_executor_backend", None),
+                   ("gpu_memory_utilization", None))
+"""The engine options the CLI offers as flags (``--tensor-parallel-size`` ...) and their defaults; a flag left at
+its default is not passed, so an engine that does not take it is not bothered."""
 
-    kind = getattr(args, "engine", "bridge")
-    options = {}
-    if kind == "vllm":
-        options = {"tensor_parallel_size": args.tensor_parallel_size,
-                   "pipeline_parallel_size": args.pipeline_parallel_size,
-                   "gpu_memory_utilization": args.gpu_memory_utilization}
-        if args.distributed_executor_backend:
-            options["distributed_executor_backend"] = args.distributed_executor_backend
-    else:
-        given = [f for f, d in (("--tensor-parallel-size", args.tensor_parallel_size != 1),
-                                ("--pipeline-parallel-size", args.pipeline_parallel_size != 1),
-                                ("--distributed-executor-backend", args.distributed_executor_backend),
-                                ("--gpu-memory-utilization", args.gpu_memory_utilization is not None)) if d]
-        if given:
-            raise ValueError(f"{', '.join(given)} apply to --engine vllm only")
-    return open_engine(kind, args.model, device=args.device, dtype=args.dtype,
-                       capture_residuals=capture_residuals, **options)
+
+def engine_options(args) -> dict:
+    """The engine options given on the command line (those not at their default)."""
+    return {name: getattr(args, name) for name, default in _ENGINE_OPTIONS
+            if getattr(args, name, default) != default}
+
+
+def load_engine(args, *, capture_residuals: bool = False):
+    """The engine named by ``--engine`` for ``--model --device --dtype`` and the engine options (see
+    :func:`lens_steer.engines.registry.open_engine`; an option the engine does not take is one line)."""
+    from lens_steer.engines.registry import open_engine
+
+    return open_engine(getattr(args, "engine", "bridge"), args.model, device=args.device, dtype=args.dtype,
+                       capture_residuals=capture_residuals, **engine_options(args))
 
 
 def generation_config(args) -> GenerationConfig:
@@ -102,20 +103,12 @@ def template(args) -> PromptTemplate:
 
 def questions(args) -> list:
     """The questions of ``--questions`` / ``--corpus``, subsampled by ``--limit``."""
-    from lens_steer.data import corpus
-    from lens_steer.data.registry import subsample
+    from lens_steer.data.corpus import load_corpus
 
-    if args.questions is not None:
-        items = corpus.load_questions_jsonl(args.questions)
-    elif args.corpus == "paper":
-        items = corpus.paper_corpus(data_dir=args.data_dir, seed=args.corpus_seed)
-    elif args.corpus == "demo":
-        items = corpus.load_questions_jsonl(corpus.demo_questions_path("derive"))
-    else:
-        raise SystemExit("error: give --questions FILE.jsonl or --corpus paper|demo")
-    if args.limit is not None:
-        items = subsample(items, args.limit, args.corpus_seed)
-    return items
+    if args.questions is None and args.corpus is None:
+        raise ValueError("give --questions FILE.jsonl or --corpus paper|demo")
+    return load_corpus(args.questions if args.questions is not None else args.corpus, data_dir=args.data_dir,
+                       limit=args.limit, seed=args.corpus_seed)
 
 
 def locked(command: str, run):

@@ -16,7 +16,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=list(EXPORT_FORMATS), required=True,
                    help="gguf: llama.cpp --control-vector and repeng; lm-eval: `--model steered` steer_path; "
                         "steering-vectors: a .pt of layer_activations")
-    p.add_argument("--out", type=Path, required=True, help="output file")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output file (an existing one only with --force; never a file of the input vector)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--layers", default=None, metavar="L[,L...]",
                    help="lens_steer layers to write (default: every non-zero direction; never block 0 in a GGUF)")
     p.add_argument("--coeff", type=float, default=1.0,
@@ -29,13 +31,26 @@ def _export(args) -> int:
     from lens_steer.method.vectors import SteeringVector
     from lens_steer.models import layer_span
 
-    layers = None if args.layers is None else csv(args.layers, int)
+    layers = None if args.layers is None else _layer_list(args.layers)
     vector = SteeringVector.load(args.vector)
-    result = export_vector(vector, args.out, args.format, layers=layers, coeff=args.coeff, hookpoint=args.hookpoint)
+    result = export_vector(vector, args.out, args.format, layers=layers, coeff=args.coeff, hookpoint=args.hookpoint,
+                           overwrite=args.force)
     print(f"wrote {result.path} ({result.format}, layers {layer_span(list(result.layers))}, c={result.coeff:g})")
     for note in result.notes:
         print(f"  {note}")
     return 0
+
+
+def _layer_list(text: str) -> list[int]:
+    """``--layers L[,L...]`` as ints; ``ValueError`` naming what is wrong (nothing given, not a number)."""
+    try:
+        layers = csv(text, int)
+    except ValueError:
+        raise ValueError(f"--layers {text!r}: give layer numbers separated by commas, e.g. --layers 10,15") from None
+    if not layers:
+        raise ValueError(f"--layers {text!r} names no layer: give L[,L...], or leave --layers out for every "
+                         "non-zero direction")
+    return layers
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:

@@ -44,6 +44,7 @@ def _data_settings(args):
 def _load_with_vector(args):
     from lens_steer.method.vectors import SteeringVector
 
+    generation_config(args)  # bad sampling settings are refused before the model loads
     start = time.perf_counter()
     engine = load_engine(args)
     vector = (SteeringVector.load(args.vector, model=engine, allow_other_model=args.allow_other_model)
@@ -143,7 +144,7 @@ def _sweep_grids(args) -> tuple[dict, dict]:
 
 def _sweep(args) -> int:
     from lens_steer.eval.conditions import Condition, sweep_conditions
-    from lens_steer.viz.heatmaps import save_sweep_heatmaps
+    from lens_steer.viz.figure_io import save_sweep_heatmaps
 
     bad = [m for m in args.modes if m not in ("continuous", "single")]
     if bad:

@@ -31,30 +31,21 @@ def _derive_args(p: argparse.ArgumentParser) -> None:
 
 
 def _derive(args) -> int:
-    from lens_steer.method.checkpoint import derive_checkpoint
-    from lens_steer.method.derive import derive_cot_vector
+    from lens_steer.method.derive_run import DeriveSettings, check_derivable, derive_into
 
-    if args.engine != "bridge" and args.method != "fused":
-        raise ValueError(f"--method {args.method} re-reads sequences through TransformerLens hooks; "
-                         f"with --engine {args.engine} use --method fused")
-    if args.chunk_questions < 0:
-        raise ValueError(f"--chunk-questions must be 0 (no checkpoints) or more, got {args.chunk_questions}")
+    settings = DeriveSettings(template=template(args), generation=generation_config(args), positions=args.positions,
+                              method=args.method, chunk_questions=args.chunk_questions)
+    check_derivable(args.engine, args.method)
     items = questions(args)
     engine = load_engine(args, capture_residuals=True)
-    gen = generation_config(args)
-    checkpoint = None
-    if args.chunk_questions:
-        checkpoint = derive_checkpoint(args.out, engine, items, template=template(args), generation=gen,
-                                       positions=args.positions, method=args.method,
-                                       chunk_questions=args.chunk_questions)
-    start = time.perf_counter()
-    vector = derive_cot_vector(engine, items, template=template(args), generation=gen, positions=args.positions,
-                               method=args.method, progress=not args.no_progress,
-                               chunk_questions=args.chunk_questions or None, checkpoint=checkpoint)
-    vector.metadata.stats["wall_seconds"] = round(time.perf_counter() - start, 2)
-    vector.save(args.out)
+    try:
+        vector = derive_into(args.out, engine, items, settings, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"lens-steer derive: interrupted; run the same command again to resume from the last saved chunk "
+              f"in {args.out}", file=sys.stderr)
+        return 130
     print(vector.summary())
-    print(f"saved to {args.out} ({vector.metadata.stats['wall_seconds']} s)")
+    print(f"saved to {args.out} ({vector.metadata.stats.wall_seconds} s)")
     return 0
 
 
@@ -68,20 +59,35 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     add_template_args(p)
     p.add_argument("--prompt-style", choices=["direct", "cot", "none"], default="direct")
     p.add_argument("--vector", type=Path, default=None, help="steering vector directory")
-    p.add_argument("--layer", type=int, default=None)
-    p.add_argument("--coeff", type=float, default=None)
-    p.add_argument("--mode", choices=["continuous", "single"], default="continuous")
+    p.add_argument("--layer", type=int, default=None, help="layer to steer (with --vector)")
+    p.add_argument("--coeff", type=float, default=None, help="steering coefficient (with --vector)")
+    p.add_argument("--mode", choices=["continuous", "single"], default=None,
+                   help="with --vector: continuous (default) or single")
     p.add_argument("--allow-other-model", action="store_true", help="use a vector derived on another checkpoint")
-    p.add_argument("--out", type=Path, default=None, help="JSONL output (default: stdout)")
+    p.add_argument("--out", type=Path, default=None, help="JSONL output, written when all are done (default: stdout)")
 
 
 def _generate(args) -> int:
     from lens_steer.engines.base import Steering
     from lens_steer.method.vectors import SteeringVector
     from lens_steer.prompts import encode_prompt
+    from lens_steer.storage import atomic_write, storage_errors
 
     if args.vector is not None and (args.layer is None or args.coeff is None):
         raise ValueError("--vector needs --layer and --coeff")
+    if args.vector is None:  # steering settings without a vector would be recorded for an unsteered run
+        given = [flag for flag, used in (("--layer", args.layer is not None), ("--coeff", args.coeff is not None),
+                                         ("--mode", args.mode is not None),
+                                         ("--allow-other-model", args.allow_other_model)) if used]
+        if given:
+            raise ValueError(f"{', '.join(given)} steer only with --vector: give --vector DIR, or leave "
+                             f"{'it' if len(given) == 1 else 'them'} out for unsteered generation")
+    args.mode = args.mode or "continuous"
+    if args.out is not None:  # checked before any generation, so a bad --out loses nothing
+        if args.out.is_dir() or args.out.name in ("", ".", ".."):
+            raise ValueError(f"--out {args.out} is a directory: name the JSONL file to write")
+        with storage_errors(args.out):
+            args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.prompt is not None:
         items = [{"id": "prompt", "question": args.prompt}]
     else:
@@ -91,21 +97,22 @@ def _generate(args) -> int:
     vector = SteeringVector.load(args.vector) if args.vector is not None else None
     steering = (Steering(vector, args.layer, args.coeff, args.mode, args.allow_other_model)  # checked before loading
                 if vector is not None else None)
+    generation = generation_config(args)  # checked before loading too
     engine = load_engine(args)
     tok = engine.tokenizer
     prompts = [encode_prompt(tok, it["question"], args.prompt_style, template(args)) for it in items]
-    gens = engine.generate(prompts, generation_config(args), steering=steering, progress=not args.no_progress)
-    out = open(args.out, "w") if args.out else sys.stdout
-    try:
-        for it, p, g in zip(items, prompts, gens):
-            row = {"id": it["id"], "question": it["question"], "prompt_style": args.prompt_style,
-                   "prompt": tok.decode(p), "response": g.text, "n_tokens": len(g.response_ids),
-                   "stopped": g.stopped, "vector": str(args.vector) if vector is not None else None,
-                   "layer": args.layer, "coeff": args.coeff, "mode": args.mode if vector is not None else None}
-            out.write(json_text(row, indent=None) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    gens = engine.generate(prompts, generation, steering=steering, progress=not args.no_progress)
+    lines = []
+    for it, p, g in zip(items, prompts, gens):
+        row = {"id": it["id"], "question": it["question"], "prompt_style": args.prompt_style,
+               "prompt": tok.decode(p), "response": g.text, "n_tokens": len(g.response_ids),
+               "stopped": g.stopped, "vector": str(args.vector) if vector is not None else None,
+               "layer": args.layer, "coeff": args.coeff, "mode": args.mode if vector is not None else None}
+        lines.append(json_text(row, indent=None) + "\n")
+    if args.out is not None:
+        atomic_write(args.out, "".join(lines))  # whole or not at all; a full disk is one line
+    else:
+        sys.stdout.write("".join(lines))
     return 0
 
 
@@ -119,7 +126,7 @@ def _info(args) -> int:
 
     vector = SteeringVector.load(args.vector)
     print(vector.summary())
-    print(json.dumps(vector.metadata.stats, indent=2))
+    print(json.dumps(vector.metadata.stats.to_dict(), indent=2))
     return 0
 
 
@@ -174,10 +181,11 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
 
 
 def _figures(args) -> int:
+    from lens_steer.analysis.paper import resolve_figure_settings
     from lens_steer.config import torch_dtype
     from lens_steer.method.vectors import SteeringVector
     from lens_steer.models import load_model, n_layers
-    from lens_steer.viz.figure_run import make_figures, resolve_figure_settings
+    from lens_steer.reproduce.figures import make_figures
 
     vector = SteeringVector.load(args.vector)
     model_name = args.model or vector.metadata.model_id
@@ -196,8 +204,8 @@ def _figures(args) -> int:
           f"in {time.perf_counter() - start:.1f} s")
     if args.png and report.png_missing:
         print(f"lens-steer figures: {report.png_message} (HTML written)", file=sys.stderr)
-    for name, reason in run.paper.skipped.items():
-        print(f"lens-steer figures: skipped {name}: {reason}", file=sys.stderr)
+    for skipped in run.paper.analysis.skipped:
+        print(f"lens-steer figures: skipped {skipped.group}: {skipped.reason}", file=sys.stderr)
     return 0
 
 

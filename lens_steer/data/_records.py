@@ -3,19 +3,24 @@ typed field access, lettered option text, and the hub (``datasets``, imported la
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lens_steer.data.example import DATA_DIR_ENV, LETTERS, DataFormatError
+from lens_steer.storage import read_bytes, storage_errors
 
 __all__ = [
     "check_n_choices",
+    "check_reachable",
     "format_mc",
     "get_str",
+    "glob_files",
     "hub_label",
     "hub_load",
     "iter_jsonl",
@@ -37,15 +42,33 @@ def missing(path: Path, what: str, layout: str) -> FileNotFoundError:
     )
 
 
+def check_reachable(path: Path) -> None:
+    """Raise :class:`~lens_steer.storage.StorageError` (``cannot read PATH: Permission denied``) when a folder
+    on the way to ``path`` cannot be searched (``Path.is_file`` would raise a bare ``PermissionError`` there);
+    a missing path passes."""
+    with storage_errors(path, "read"), contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        path.stat()
+
+
 def require_file(path: Path, what: str, layout: str) -> None:
-    """Raise :func:`missing` unless ``path`` is a file."""
+    """Raise :func:`missing` unless ``path`` is a file (:func:`check_reachable` first)."""
+    check_reachable(path)
     if not path.is_file():
         raise missing(path, what, layout)
 
 
+def glob_files(folder: Path, pattern: str) -> list[Path]:
+    """``sorted(folder.glob(pattern))``, but a folder that cannot be listed raises
+    :class:`~lens_steer.storage.StorageError` instead of looking empty."""
+    with storage_errors(folder, "read"):
+        os.scandir(folder).close()
+    return sorted(folder.glob(pattern))
+
+
 def read_text(path: Path) -> str:
-    """The file's text as UTF-8 (a leading BOM dropped); bad bytes raise :class:`DataFormatError` with their line."""
-    data = path.read_bytes()
+    """The file's text as UTF-8 (a leading BOM dropped); bad bytes raise :class:`DataFormatError` with their line,
+    a file that cannot be read :class:`~lens_steer.storage.StorageError` (``cannot read PATH: Permission denied``)."""
+    data = read_bytes(path)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lens_steer.data._records import check_n_choices, format_mc, get_str, hub_label, hub_load, read_json, require_file
+from lens_steer.data._records import (
+    check_n_choices, format_mc, get_str, glob_files, hub_label, hub_load, read_json, require_file,
+)
 from lens_steer.data.example import LETTERS, DataFormatError, Example, SkippedRecordsWarning
 from lens_steer.data.spec import BenchmarkSpec
 
@@ -92,6 +94,29 @@ def classify(
     return SKIPPED if choices else NEITHER
 
 
+class _Kept:
+    """What :func:`classify` kept of one source's items, and one warning for the ones it had to leave out."""
+
+    def __init__(self) -> None:
+        self.examples: list[Example] = []
+        self.skipped = 0
+
+    def add(self, item: Example | str | None, neither: Callable[[], Exception]) -> None:
+        """Keep ``item`` (a classified row); raise ``neither()`` for a row with neither choices nor a target."""
+        if item is NEITHER:
+            raise neither()
+        if item is SKIPPED:
+            self.skipped += 1
+        elif item is not None:
+            self.examples.append(item)
+
+    def result(self, source: str, rows: str) -> list[Example]:
+        """The kept examples, warning once (naming ``source``) when ``rows`` were left out."""
+        if self.skipped:
+            warnings.warn(f"{source}: left out {self.skipped} {rows}", SkippedRecordsWarning, stacklevel=5)
+        return self.examples
+
+
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -101,8 +126,7 @@ def _read_file(path: Path, subset: str, mc_only: bool, data: Mapping[str, Any] |
     examples = data.get("examples")
     if not isinstance(examples, list):
         raise DataFormatError(path, "no 'examples' list")
-    out: list[Example] = []
-    skipped = 0
+    kept = _Kept()
     for i, ex in enumerate(examples):
         where = f"examples[{i}]"
         if not isinstance(ex, dict) or not isinstance(ex.get("input"), str):
@@ -119,22 +143,11 @@ def _read_file(path: Path, subset: str, mc_only: bool, data: Mapping[str, Any] |
                 target = target[0]
             elif not isinstance(target, str):
                 raise DataFormatError(path, f"{where}: 'target' must be a string or a non-empty list of strings")
-        item = classify(f"bbl/{subset}/{i}", subset, ex["input"], list(ts or ()), list((ts or {}).values()),
-                        target, mc_only)
-        if item is NEITHER:
-            raise DataFormatError(path, f"{where}: neither 'target_scores' nor 'target'")
-        if item is SKIPPED:
-            skipped += 1
-        elif item is not None:
-            out.append(item)
-    if skipped:
-        warnings.warn(
-            f"{path}: left out {skipped} example(s) whose target_scores have several top-scoring "
-            "choices and no 'target' (neither single-answer multiple choice nor generative)",
-            SkippedRecordsWarning,
-            stacklevel=4,
-        )
-    return out
+        kept.add(classify(f"bbl/{subset}/{i}", subset, ex["input"], list(ts or ()), list((ts or {}).values()),
+                          target, mc_only),
+                 lambda: DataFormatError(path, f"{where}: neither 'target_scores' nor 'target'"))
+    return kept.result(str(path), "example(s) whose target_scores have several top-scoring choices and no "
+                                  "'target' (neither single-answer multiple choice nor generative)")
 
 
 def _read_task(root: Path, task: str, mc_only: bool) -> list[Example]:
@@ -145,7 +158,7 @@ def _read_task(root: Path, task: str, mc_only: bool) -> list[Example]:
     data = read_json(top)
     if "examples" in data:
         return _read_file(top, task, mc_only, data)
-    subdirs = sorted(p.parent for p in task_dir.glob("*/task.json"))
+    subdirs = [p.parent for p in glob_files(task_dir, "*/task.json")]
     if not subdirs:
         raise DataFormatError(top, "no 'examples' and no <subtask>/task.json folders")
     return [ex for sub in subdirs for ex in _read_file(sub / "task.json", f"{task}/{sub.name}", mc_only)]
@@ -159,8 +172,7 @@ def _hub_task(task: str, mc_only: bool) -> list[Example]:
     task = task.strip("/")
     if "/" in task:
         raise ValueError(f"selecting a subtask ({task!r}) is not supported from the hub, which merges subtasks")
-    out: list[Example] = []
-    skipped = 0
+    kept = _Kept()
     for split in ("train", "validation"):
         label = hub_label("tasksource/bigbench", task, split)
         for i, row in enumerate(hub_load("tasksource/bigbench", task, split)):
@@ -173,21 +185,10 @@ def _hub_task(task: str, mc_only: bool) -> list[Example]:
                 raise DataFormatError(label, problem, i + 1)
             if mc_targets:
                 check_n_choices(len(mc_targets), label, i + 1)
-            item = classify(f"bbl/{task}/hub-{split}/{i}", task, text, mc_targets, mc_scores,
-                            str(targets[0]) if targets else None, mc_only)
-            if item is NEITHER:
-                raise DataFormatError(label, "row has neither multiple-choice targets nor targets", i + 1)
-            if item is SKIPPED:
-                skipped += 1
-            elif item is not None:
-                out.append(item)
-    if skipped:
-        warnings.warn(
-            f"tasksource/bigbench[{task}]: left out {skipped} row(s) with several top-scoring choices and no target",
-            SkippedRecordsWarning,
-            stacklevel=4,
-        )
-    return out
+            kept.add(classify(f"bbl/{task}/hub-{split}/{i}", task, text, mc_targets, mc_scores,
+                              str(targets[0]) if targets else None, mc_only),
+                     lambda: DataFormatError(label, "row has neither multiple-choice targets nor targets", i + 1))
+    return kept.result(f"tasksource/bigbench[{task}]", "row(s) with several top-scoring choices and no target")
 
 
 def _read_hub(split: str, subsets: tuple[str, ...] | None, mc_only: bool) -> list[Example]:

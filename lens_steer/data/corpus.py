@@ -17,13 +17,13 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from lens_steer.data._records import iter_jsonl
+from lens_steer.data._records import check_reachable, iter_jsonl
 from lens_steer.data.bbl import BBL_TASKS, load_bbl
 from lens_steer.data.example import DataFormatError, Example, SkippedRecordsWarning, subsample
 from lens_steer.data.gsm8k import load_gsm8k
 from lens_steer.data.mmlu import load_mmlu
 
-__all__ = ["corpus_hash", "demo_questions_path", "load_questions_jsonl", "paper_corpus"]
+__all__ = ["corpus_hash", "demo_questions_path", "load_corpus", "load_questions_jsonl", "paper_corpus"]
 
 
 def demo_questions_path(split: str) -> Path:
@@ -109,11 +109,13 @@ def load_questions_jsonl(path: str | os.PathLike[str]) -> list[Example]:
 
     Raises:
         FileNotFoundError: If the file does not exist.
+        StorageError: If it (or a folder on the way) cannot be read, e.g. no permission.
         DataFormatError: For bytes that are not UTF-8, bad JSON, a missing/empty ``"question"``,
             a non-string optional field or a duplicate id (message names file and 1-based line),
             and for a file with no questions at all.
     """
     path = Path(path)
+    check_reachable(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"question file not found: {path} (expected JSON Lines, one {{\"question\": ...}} per line)"
@@ -141,3 +143,22 @@ def load_questions_jsonl(path: str | os.PathLike[str]) -> list[Example]:
     if not out:
         raise DataFormatError(path, "no questions in the file (it is empty or holds only blank lines)")
     return out
+
+
+def load_corpus(corpus: str | os.PathLike[str], *, data_dir: str | os.PathLike[str] | None = None, limit: int | None = None,
+                seed: int = 0) -> list[Example]:
+    """The questions a vector is derived from, as ``lens-steer derive`` and ``reproduce`` name them.
+
+    Args:
+        corpus: ``"paper"`` (:func:`paper_corpus`), ``"demo"`` (the packaged derivation questions) or the path of
+            a JSONL question file (a ``Path`` is always a file).
+        data_dir: Local benchmark copies for the paper corpus (None: ``$LENS_STEER_DATA_DIR``, else the hub).
+        limit: A seeded subsample of this many questions (None: all).
+        seed: Seed of the paper corpus's draws and of the subsample.
+    """
+    named = corpus if isinstance(corpus, str) else None
+    if named == "paper":
+        items = paper_corpus(data_dir=data_dir, seed=seed)
+    else:
+        items = load_questions_jsonl(demo_questions_path("derive") if named == "demo" else corpus)
+    return subsample(items, limit, seed)

@@ -8,7 +8,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from lens_steer.data._records import format_mc, get_str, hub_label, hub_load, missing, read_text, require_file
+from lens_steer.data._records import (
+    check_reachable, format_mc, get_str, glob_files, hub_label, hub_load, missing, read_text, require_file,
+)
 from lens_steer.data.example import LETTERS, DataFormatError, Example
 from lens_steer.data.spec import BenchmarkSpec
 
@@ -69,9 +71,10 @@ def _read_local(root: Path, split: str, subjects: tuple[str, ...] | None, mc_onl
     suffix = _FILE_SUFFIX[split]
     split_dir = root / "mmlu" / suffix
     if subjects is None:
+        check_reachable(split_dir)
         if not split_dir.is_dir():
             raise missing(split_dir, "MMLU split folder", _LAYOUT)
-        files = sorted(split_dir.glob(f"*_{suffix}.csv"))
+        files = glob_files(split_dir, f"*_{suffix}.csv")
         if not files:
             raise missing(split_dir / f"<subject>_{suffix}.csv", "MMLU subject files", _LAYOUT)
         names = [p.name[: -len(f"_{suffix}.csv")] for p in files]

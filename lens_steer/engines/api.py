@@ -11,11 +11,9 @@ from torch import Tensor
 from lens_steer.config import GenerationConfig
 from lens_steer.engines.base import STEER_MODES, Engine, Generation, ResidualSums, SteerMode, Steering
 from lens_steer.engines.bridge import BridgeEngine, engine_for
-
-ENGINES: tuple[str, ...] = ("bridge", "vllm")
+from lens_steer.engines.registry import open_engine
 
 __all__ = [
-    "ENGINES",
     "as_engine",
     "attention_kernel",
     "fast_path_attention",
@@ -38,30 +36,6 @@ def as_engine(model_or_engine) -> Engine:
     if isinstance(model_or_engine, Engine):
         return model_or_engine
     raise TypeError(f"expected a TransformerBridge or an engine, got {type(model_or_engine).__name__}")
-
-
-def open_engine(kind: str, model: str, *, device: str = "cpu", dtype: str = "float32",
-                capture_residuals: bool = False, **vllm_options) -> Engine:
-    """Load ``model`` on the engine called ``kind`` (``"bridge"`` or ``"vllm"``).
-
-    ``capture_residuals``: the caller reads residual means (derivation), which vLLM under CUDA graphs
-    must be built for; ``vllm_options`` go to :class:`~lens_steer.engines.vllm.VllmEngine`
-    (``tensor_parallel_size``, ``pipeline_parallel_size``, ``distributed_executor_backend``, ...).
-    """
-    if kind == "vllm":
-        from lens_steer.engines.vllm import VllmEngine
-
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"the vLLM engine places the model itself; device {device!r} is not supported")
-        return VllmEngine(model, dtype=dtype, capture_residuals=capture_residuals, **vllm_options)
-    if kind != "bridge":
-        raise ValueError(f"unknown engine {kind!r}; expected one of {ENGINES}")
-    if vllm_options:
-        raise ValueError(f"{', '.join(sorted(vllm_options))} apply to the vLLM engine only")
-    from lens_steer.config import torch_dtype
-    from lens_steer.models import load_model
-
-    return engine_for(load_model(model, device=device, dtype=torch_dtype(dtype)))
 
 
 def bridge_engine(model_or_engine) -> BridgeEngine:
@@ -115,6 +89,10 @@ def steer(
     For notebook use: every generation and forward pass of the bridge inside the block is
     steered (see :mod:`lens_steer.engines.steering` for the modes). Pipelines pass a
     :class:`Steering` to an engine instead; both install the same hooks.
+
+    Threads: the block holds the bridge's lock, so another thread's ``generate`` or ``steer`` waits
+    until the block ends (do not wait inside it for such a thread), and another thread's direct
+    forward of the bridge inside it raises ``RuntimeError``.
 
     Args:
         model: A ``TransformerBridge``.

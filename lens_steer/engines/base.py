@@ -25,6 +25,8 @@ __all__ = [
     "SteerMode",
     "Steering",
     "SteeringPlan",
+    "check_fits_context",
+    "context_length_of",
     "normalise_steering",
 ]
 
@@ -102,6 +104,48 @@ def normalise_steering(
     return out
 
 
+CONTEXT_FIELDS: tuple[str, ...] = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length",
+                                   "n_ctx")
+"""HF config fields that give a model's context length, in the order they are read."""
+
+
+def context_length_of(config) -> int | None:
+    """A model's context length (most positions it attends over) from its HF config, or ``None`` when the
+    config (or its ``text_config``) names none of :data:`CONTEXT_FIELDS`."""
+    for cfg in (config, getattr(config, "text_config", None)):
+        for name in CONTEXT_FIELDS:
+            value = getattr(cfg, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def check_fits_context(prompts: Sequence[Sequence[int]], max_new_tokens: int, context_length: int | None) -> None:
+    """Refuse, before anything runs, prompts that with ``max_new_tokens`` exceed the model's context.
+
+    A model run past its context length (its position embeddings) returns garbage, slowly.
+
+    Args:
+        prompts: Token ids per prompt.
+        max_new_tokens: Tokens to generate after each prompt (0: the prompt alone must fit).
+        context_length: The model's context length (:func:`context_length_of`); ``None`` skips the check.
+
+    Raises:
+        ValueError: one line naming the first prompt too long (1-based), its tokens, ``max_new_tokens``,
+        the context length and how many other prompts are too long.
+    """
+    if context_length is None:
+        return
+    over = [i for i, p in enumerate(prompts) if len(p) + max_new_tokens > context_length]
+    if not over:
+        return
+    i = over[0]
+    size = f"{len(prompts[i])} tokens" + (f" + max_new_tokens {max_new_tokens}" if max_new_tokens else "")
+    more = f" ({len(over) - 1} other prompts too)" if len(over) > 1 else ""
+    raise ValueError(f"prompt {i + 1} of {len(prompts)} is too long for the model: {size} exceeds its context length "
+                     f"of {context_length}{more}")
+
+
 @dataclass
 class Generation:
     """One prompt's generation.
@@ -166,7 +210,9 @@ class ResidualSums:
 class Engine(Protocol):
     """What derivation, evaluation, sweeps, the demo and the CLI need from a model runtime.
 
-    Implementation: :class:`lens_steer.engines.bridge.BridgeEngine` (TransformerLens bridge, the default).
+    Implementations are registered by name with what they can do in :mod:`lens_steer.engines.registry`:
+    :class:`lens_steer.engines.bridge.BridgeEngine` (TransformerLens bridge, the default) and
+    :class:`lens_steer.engines.vllm.VllmEngine`.
     """
 
     name: str
@@ -206,3 +252,8 @@ class Engine(Protocol):
         ``steering``: see :func:`normalise_steering` (per-prompt steering allowed).
         ``residuals``: filled with the residual sums at every layer over its positions.
         """
+
+    def first_token_logprobs(self, prompts: Sequence[Sequence[int]], *, steering=None, top_k: int = 20,
+                             config: GenerationConfig = GenerationConfig()) -> list[dict[int, float]]:
+        """The ``top_k`` log-probabilities of each prompt's first response token, steered as ``generate`` would
+        steer it (engines that declare ``first_token_logprobs`` in the registry)."""

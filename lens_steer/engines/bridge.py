@@ -1,10 +1,15 @@
 """The TransformerBridge engine: batched, left-padded, KV-cached generation from token ids, steering
 hooks installed from :class:`~lens_steer.engines.base.Steering` specs, residual sums read during
 generation, on the fast path where it applies. The engine owns its state (fast-path settings,
-active single-mode steerers); nothing is hung on the bridge."""
+active single-mode steerers); nothing is hung on the bridge.
+
+Threads: every engine call and steering block holds the bridge's one re-entrant lock
+(:attr:`BridgeEngine.lock`) from start to end, so another thread's call waits its turn; inside a
+steering block, a forward of the bridge from another thread (``model(...)``) raises ``RuntimeError``."""
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -14,61 +19,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lens_steer.config import GenerationConfig
-from lens_steer.engines.base import Generation, ResidualSums, Steering, SteeringPlan, normalise_steering
+from lens_steer.engines.base import (Generation, ResidualSums, Steering, SteeringPlan, check_fits_context,
+                                     context_length_of, normalise_steering)
+from lens_steer.engines.decoding import check_finite, left_pad, next_token, plan_batches
 from lens_steer.engines.fastpath import FastPath
-from lens_steer.engines.hooks import attach
+from lens_steer.engines.hooks import attach, this_thread_only
 from lens_steer.engines.steering import SingleSteerer, steering_hooks
 from lens_steer.models import ModelInfo, hf_model, model_info, n_layers, resid_post_name, stop_token_ids
 
-__all__ = ["BridgeEngine", "engine_for", "left_pad", "plan_batches"]
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
-    """``(ids, attention mask)`` of sequences left-padded to the longest."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Group prompt indices into batches, longest first, under both caps.
-
-    Args:
-        lengths: Prompt lengths.
-        batch_size: Most prompts per batch.
-        max_batch_tokens: Most ``rows x longest prompt`` per batch (one prompt always fits).
-
-    Returns:
-        Batches of indices; each batch is sorted by decreasing length.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    for i in order:
-        if batches:
-            cur = batches[-1]
-            width = lengths[cur[0]]  # the longest prompt of the batch comes first
-            if len(cur) < batch_size and width * (len(cur) + 1) <= max_batch_tokens:
-                cur.append(i)
-                continue
-        batches.append([i])
-    return batches
-
-
-def _next_token(logits: Tensor, cfg: GenerationConfig, gen: torch.Generator | None) -> Tensor:
-    if not cfg.do_sample:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
-    if cfg.top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < cfg.top_p
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+__all__ = ["BridgeEngine", "engine_for"]
 
 
 def _forward(hf, ids: Tensor, mask: Tensor, positions: Tensor, cache) -> Tensor:
@@ -126,6 +85,10 @@ class BridgeEngine:
         model: The bridge (see :func:`lens_steer.models.load_model`). One engine per bridge:
             use :func:`engine_for` to get the bridge's engine, so that :func:`~lens_steer.engines.api.steer`
             contexts and the engine's own steering share one registry.
+
+    Attributes:
+        lock: The bridge's re-entrant lock (shared by every engine of the bridge), held for the whole
+            of each engine call and steering block (see the module's docstring).
     """
 
     name = "bridge"
@@ -134,6 +97,7 @@ class BridgeEngine:
         self.model = model
         self.fast_path = FastPath(model)
         self.single_steerers: list[SingleSteerer] = []
+        self.lock = _lock_of(model)
 
     # ------------------------------------------------------------ identity
     @property
@@ -157,12 +121,27 @@ class BridgeEngine:
         """See :meth:`lens_steer.engines.fastpath.FastPath.attention_kernel`."""
         return self.fast_path.attention_kernel()
 
+    @property
+    def context_length(self) -> int | None:
+        """The model's context length from its HF config (``None`` if the config names none)."""
+        return context_length_of(hf_model(self.model).config)
+
+    def _pad_id(self) -> int:
+        """Left padding's id: the pad token, else the first stop token (else 0); padding is masked out."""
+        pad = self.model.tokenizer.pad_token_id
+        if pad is not None:
+            return int(pad)
+        stops = stop_token_ids(self.model)
+        return stops[0] if stops else 0
+
     # ------------------------------------------------------------ steering
     @contextmanager
     def steering(self, plan: Steering | SteeringPlan | Sequence[Steering]) -> Iterator[list[Tensor]]:
-        """Install the steering hooks of ``plan`` for the length of a ``with`` block (removed in ``finally``)."""
+        """Install the steering hooks of ``plan`` for the length of a ``with`` block (removed in ``finally``),
+        holding :attr:`lock`; a forward of the bridge from another thread inside it raises ``RuntimeError``."""
         specs = (plan,) if isinstance(plan, Steering) else tuple(plan)
-        with steering_hooks(self.model, specs, self.info, self.single_steerers) as deltas:
+        with self.lock, this_thread_only(hf_model(self.model), "is being steered by another thread"), \
+                steering_hooks(self.model, specs, self.info, self.single_steerers) as deltas:
             yield deltas
 
     def new_sequence(self) -> None:
@@ -200,6 +179,7 @@ class BridgeEngine:
             raise ValueError("residual sums need use_cache=True (each pass must hold only new tokens)")
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: every prompt needs at least one token")
+        check_fits_context(prompts, config.max_new_tokens, self.context_length)
         stop_ids = stop_token_ids(self.model)
         if not stop_ids:
             raise ValueError("the tokenizer defines no EOS token; cannot tell where a response ends")
@@ -207,7 +187,8 @@ class BridgeEngine:
         groups = _groups(plans)
         gen = torch.Generator().manual_seed(config.seed) if config.do_sample else None
         results: list[Generation | None] = [None] * len(prompts)
-        with torch.inference_mode(), tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt") as bar:
+        with self.lock, torch.inference_mode(), \
+                tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt") as bar:
             for members in groups.values():
                 with ExitStack() as stack:
                     if plans[members[0]]:
@@ -234,7 +215,7 @@ class BridgeEngine:
         model = self.model
         forward = self.fast_path.forward()  # HF layers while only residual hooks are active; else the bridge
         device = next(hf_model(model).parameters()).device
-        pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else stop_ids[0]
+        pad_id = self._pad_id()
         ids, mask = left_pad(prompts, pad_id, device)
         batch = ids.shape[0]
         stop = torch.tensor(stop_ids, device=device)
@@ -250,7 +231,8 @@ class BridgeEngine:
         seq_ids, seq_mask = ids, mask
         last_pos = positions[:, -1]
         for step in range(cfg.max_new_tokens):
-            nxt = _next_token(logits, cfg, gen)
+            check_finite(logits, finished, step)
+            nxt = next_token(logits, cfg, gen)
             nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
             is_content = ~finished & ~torch.isin(nxt, stop)
             finished = finished | ~is_content
@@ -285,10 +267,11 @@ class BridgeEngine:
         over the prompt, steered as ``generate`` would steer it)."""
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: every prompt needs at least one token")
+        check_fits_context(prompts, 0, self.context_length)
         plans = normalise_steering(steering, len(prompts))
-        pad_id = self.model.tokenizer.pad_token_id or 0
+        pad_id = self._pad_id()
         out: list[dict[int, float] | None] = [None] * len(prompts)
-        with torch.inference_mode():
+        with self.lock, torch.inference_mode():
             for members in _groups(plans).values():
                 with ExitStack() as stack:
                     if plans[members[0]]:
@@ -315,10 +298,11 @@ class BridgeEngine:
         with weight 1 to ``residuals`` (the paper's literal second pass; ``method="two_pass"``)."""
         model = self.model
         device = next(hf_model(model).parameters()).device
-        pad_id = model.tokenizer.pad_token_id or 0
+        check_fits_context(sequences, 0, self.context_length)
+        pad_id = self._pad_id()
         batches = plan_batches([len(s) for s in sequences], config.batch_size, config.max_batch_tokens)
         sums = _BatchSums(model, residuals)
-        with torch.inference_mode(), attach(model, sums.hooks()):
+        with self.lock, torch.inference_mode(), attach(model, sums.hooks()):
             forward = self.fast_path.forward()
             for rows in tqdm(batches, desc="re-reading", disable=not progress):
                 ids, mask = left_pad([sequences[i] for i in rows], pad_id, device)
@@ -346,12 +330,24 @@ def _groups(plans: Sequence[SteeringPlan]) -> dict[tuple, list[int]]:
 
 
 _ENGINES: "weakref.WeakKeyDictionary[torch.nn.Module, BridgeEngine]" = weakref.WeakKeyDictionary()
+_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_TABLES = threading.RLock()
+"""Guards :data:`_ENGINES` and :data:`_LOCKS`, so two threads never make two engines or locks for one bridge."""
+
+
+def _lock_of(model) -> threading.RLock:
+    """The bridge's one lock (created on first use; held in a weak table, not on the bridge)."""
+    with _TABLES:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 def engine_for(model) -> BridgeEngine:
     """The bridge's engine (created on first use; one per bridge, held in a weak table, not on the bridge)."""
-    engine = _ENGINES.get(model)
-    if engine is None:
-        engine = BridgeEngine(model)
-        _ENGINES[model] = engine
-    return engine
+    with _TABLES:
+        engine = _ENGINES.get(model)
+        if engine is None:
+            engine = _ENGINES[model] = BridgeEngine(model)
+        return engine

@@ -11,7 +11,7 @@ those points fires exactly as on the bridge path; everything outside the layers
 (embedding, rotary, final norm, unembedding, hooks on the HF model itself) is the
 bridge's own code, because the fast path is the same ``hf(...)`` call with the layer list
 swapped for the length of that one call (restored in ``finally``; not thread-safe, like
-hooks themselves).
+hooks themselves: the engine's calls hold the bridge's lock, see :mod:`lens_steer.engines.bridge`).
 
 By default the rebuilt layers run HF's SDPA kernel, what an unwrapped HF model runs by
 default: derivation then gives the same vectors, bit for bit, as a plain-transformers
@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from lens_steer.compat.transformers import supports_sdpa
 from lens_steer.engines.hf_layers import (
     GLOBAL_HOOKS, HOOK_DICTS, FastPathLayers, Unsupported, benign_keys, wants_outputs,
 )
@@ -81,7 +82,7 @@ def _sdpa_ok(hf) -> bool:
     """The model supports SDPA, its config is flat (switching the kernel touches no sub-config) and
     its attention has no logit soft-capping (SDPA would silently drop it)."""
     config = hf.config
-    return (bool(getattr(hf, "_supports_sdpa", False)) and not getattr(config, "sub_configs", None)
+    return (supports_sdpa(hf) and not getattr(config, "sub_configs", None)
             and getattr(config, "attn_logit_softcapping", None) is None)
 
 

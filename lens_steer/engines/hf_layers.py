@@ -1,5 +1,9 @@
 """The fast path's rebuilt layers: hook-free copies of a bridge's HF decoder layers sharing its parameters,
-routed through the blocks' ``hook_in`` / ``hook_out`` points, and the checks that say when they may run."""
+routed through the blocks' ``hook_in`` / ``hook_out`` points, and the checks that say when they may run.
+
+TransformerLens and transformers internals are reached through :mod:`lens_steer.compat` only; PyTorch's
+hook tables (``_forward_hooks``, ``_global_forward_hooks``, ...) and ``_modules`` are read here directly.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from lens_steer.compat import transformer_lens as tl_compat
+from lens_steer.compat import transformers as hf_compat
+from lens_steer.compat.transformer_lens import capture_hook_ids
 
 # TransformerLens config flags that change what the bridge computes inside a block.
 _BLOCK_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in")
@@ -27,13 +35,12 @@ class Unsupported(Exception):
 
 def _unwrap(module: nn.Module, checks: list) -> nn.Module:
     """The HF module a bridge component wraps (the module itself if it is not a bridge)."""
-    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
-
-    while isinstance(module, GeneralizedComponent):
-        inner = module._modules.get("_original_component")
+    key = tl_compat.WRAPPED_MODULE_KEY
+    while tl_compat.is_component(module):
+        inner = module._modules.get(key)
         if inner is None:
             raise Unsupported(f"bridge component {module.name!r} wraps no module")
-        checks.append((module._modules, "_original_component", inner))
+        checks.append((module._modules, key, inner))
         module = inner
     return module
 
@@ -91,22 +98,11 @@ def _route_through(block) -> tuple[Callable, Callable]:
     return pre, post
 
 
-def capture_hook_ids(block) -> set[int]:
-    """Ids of the forward hooks the bridge itself registers inside ``block``."""
-    return {h.id for h in getattr(block, "_capture_hook_handles", ())}
-
-
-def _is_hf_output_capture(fn) -> bool:
-    """Whether ``fn`` is the hook transformers installs (once, permanently) for ``output_hidden_states``
-    / ``output_attentions``: it records only while HF's output collector is active, and calls
-    that activate it take the bridge path (see :func:`wants_outputs`)."""
-    return (getattr(fn, "__module__", "") == "transformers.utils.output_capturing"
-            and getattr(fn, "__qualname__", "").endswith("output_capturing_hook"))
-
-
 def benign_keys(hooks: dict, own_ids: set[int]) -> frozenset:
-    """The keys of ``hooks`` that are the bridge's own capture hooks or HF's output-capture hooks."""
-    return frozenset(k for k, fn in hooks.items() if k in own_ids or _is_hf_output_capture(fn))
+    """The keys of ``hooks`` that are the bridge's own capture hooks or HF's output-capture hooks (these
+    record only while HF's output collector is active, and calls that activate it take the bridge path:
+    see :func:`wants_outputs`)."""
+    return frozenset(k for k, fn in hooks.items() if k in own_ids or hf_compat.is_output_capture_hook(fn))
 
 
 def wants_outputs(hf, kwargs: dict) -> bool:
@@ -115,11 +111,7 @@ def wants_outputs(hf, kwargs: dict) -> bool:
     for name in ("output_hidden_states", "output_attentions"):
         if kwargs.get(name) or getattr(config, name, False):
             return True
-    try:
-        from transformers.utils.output_capturing import _active_collector
-    except ImportError:  # older transformers: outputs are returned, not hooked
-        return False
-    return _active_collector.get() is not None
+    return hf_compat.output_collector_active()
 
 
 class FastPathLayers:
@@ -131,13 +123,10 @@ class FastPathLayers:
         self.parent, self.attr = self._find_layer_list(hf, self.blocks)
         self.bridged_layers = self.parent._modules[self.attr]
         self.hf_config = hf.config
-        self.block_dicts = [block.__dict__ for block in self.blocks]
         for block in self.blocks:
             # The bridge wires these on its first forward; wiring them now keeps the set
             # of its own hooks fixed, so the per-call check is one pass over hook dicts.
-            wire = getattr(block, "_maybe_wire_capture_hooks", None)
-            if wire is not None:
-                wire()
+            tl_compat.wire_capture_hooks(block)
         from transformer_lens.hook_points import HookPoint
 
         routed = {id(b.hook_in) for b in self.blocks} | {id(b.hook_out) for b in self.blocks}
@@ -212,9 +201,9 @@ class FastPathLayers:
         for flag in _BLOCK_FLAGS:
             if getattr(cfg, flag, False):
                 return f"cfg.{flag} is set"
-        if model.__dict__.get("compatibility_mode", False):
+        if tl_compat.in_compatibility_mode(model):
             return "TransformerLens compatibility mode is on"
-        if getattr(self.hf_config, "_attn_implementation", "eager") != "eager":
+        if hf_compat.attention_implementation(self.hf_config) != "eager":
             return "the HF model does not use eager attention"
         module_api = torch.nn.modules.module
         if any(getattr(module_api, name, None) for name in GLOBAL_HOOKS):
@@ -224,9 +213,8 @@ class FastPathLayers:
             if reason is not None:
                 return reason
             self._index_hook_dicts()  # only benign hooks changed (re-wired, or HF's installed)
-        for d in self.block_dicts:
-            if d.get("_stop_at_layer_idx") is not None or d.get("_start_at_layer_idx") is not None:
-                return "start_at_layer / stop_at_layer is active"
+        if any(tl_compat.partial_forward_active(block) for block in self.blocks):
+            return "start_at_layer / stop_at_layer is active"
         return None
 
     def _foreign_hook(self) -> str | None:
@@ -252,13 +240,13 @@ class FastPathLayers:
         SDPA to its slow, memory-hungry fallback).
         """
         config = self.hf_config
-        kernel = config._attn_implementation
+        kernel = hf_compat.attention_implementation(config)
         self.parent._modules[self.attr] = self.layers
         try:
             if attention != kernel:
-                config._attn_implementation = attention
+                hf_compat.set_attention_implementation(config, attention)
             yield
         finally:
             self.parent._modules[self.attr] = self.bridged_layers
-            if config._attn_implementation != kernel:
-                config._attn_implementation = kernel
+            if hf_compat.attention_implementation(config) != kernel:
+                hf_compat.set_attention_implementation(config, kernel)

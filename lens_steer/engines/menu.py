@@ -59,36 +59,38 @@ class EngineMenu:
         return engine
 
 
-def engine_menu(model, model_name: str | None = None, *, vllm: bool = True, **vllm_options) -> EngineMenu:
-    """``bridge`` (the bridge's own engine) and, with ``vllm``, a ``vllm`` entry built on first choice.
+def engine_menu(model, model_name: str | None = None, *, others: bool = True, **options) -> EngineMenu:
+    """``bridge`` (the bridge's own engine) and, with ``others``, every other registered engine, each built on
+    first choice (:mod:`lens_steer.engines.registry`).
 
-    The ``vllm`` entry checks :func:`~lens_steer.engines.vllm.vllm_available` when chosen and reports
-    its reason when vLLM does not import here; it loads ``model_name`` (default: the name the bridge
-    was loaded from) in the bridge's dtype.
+    An entry checks its engine's availability when chosen and reports the reason when it cannot run here;
+    it loads ``model_name`` (default: the name the bridge was loaded from) in the bridge's dtype.
 
     Args:
         model: A ``TransformerBridge``.
-        model_name: What vLLM loads (a hub name, a directory, or the embedded model's name).
-        vllm: Offer the vLLM engine.
-        **vllm_options: Passed to :class:`~lens_steer.engines.vllm.VllmEngine`.
+        model_name: What the other engines load (a hub name, a directory, or the embedded model's name).
+        others: Offer the other registered engines.
+        **options: Passed to the engines that take them (e.g. ``gpu_memory_utilization`` for vLLM).
 
     Returns:
         An :class:`EngineMenu`.
     """
-    from lens_steer.engines.api import as_engine, open_engine
+    from lens_steer.engines.api import as_engine
+    from lens_steer.engines.registry import engine_names, engine_spec
 
     bridge = as_engine(model)
-    entries: dict[str, Engine | EngineFactory] = {"bridge": bridge}
-    if vllm:
-        name = model_name or bridge.info.model_id
+    entries: dict[str, Engine | EngineFactory] = {bridge.name: bridge}
+    name = model_name or bridge.info.model_id
+    for engine in engine_names() if others else ():
+        if engine == bridge.name:
+            continue
+        spec = engine_spec(engine)
 
-        def build_vllm() -> Engine:
-            from lens_steer.engines.vllm import vllm_available
-
-            reason = vllm_available()
+        def build(spec=spec) -> Engine:
+            reason = spec.unavailable()
             if reason:
                 raise EngineUnavailableError(reason)
-            return open_engine("vllm", name, dtype=bridge.dtype_name, **vllm_options)
+            return spec.open(name, dtype=bridge.dtype_name, **{k: v for k, v in options.items() if k in spec.options})
 
-        entries["vllm"] = build_vllm
+        entries[engine] = build
     return EngineMenu(entries)

@@ -25,8 +25,8 @@ from lens_steer.engines.base import Steering
 from lens_steer.engines.hooks import attach, attach_forward_pre_hook
 from lens_steer.models import ModelInfo, hf_model, layer_span, model_info, resid_post_name
 
-__all__ = ["LARGE_STEERING", "SingleSteerer", "ablate_direction", "resolve_direction", "resolve_directions",
-           "steering_delta", "steering_hooks"]
+__all__ = ["LARGE_STEERING", "SingleSteerer", "ablate_direction", "check_delta_finite", "resolve_direction",
+           "resolve_directions", "steering_delta", "steering_hooks"]
 
 
 def resolve_directions(
@@ -78,13 +78,40 @@ LARGE_STEERING = 10.0
 """A steering whose ``‖c·v‖`` exceeds this multiple of the layer's mean residual norm is warned about."""
 
 
-def steering_delta(info: ModelInfo, s) -> Float[Tensor, "d_model"]:
+def check_delta_finite(delta: Tensor, s, dtype: torch.dtype) -> None:
+    """Refuse a steering whose ``c·v`` is not finite in the model's ``dtype``.
+
+    A finite coefficient can still overflow (``--coeff 1e39`` in float32, ``1e5`` in float16): the
+    model then adds infinities, its logits turn NaN and every response comes out empty, so refuse
+    it instead.
+
+    Args:
+        delta: ``c·v`` as computed (any float dtype).
+        s: The :class:`~lens_steer.engines.base.Steering` it came from (named in the message).
+        dtype: The dtype the model adds it in.
+
+    Raises:
+        ValueError: one line naming the coefficient, the layer and the dtype.
+    """
+    if not torch.isfinite(delta.to(dtype)).all():
+        name = str(dtype).removeprefix("torch.")
+        raise ValueError(f"steering coefficient {float(s.coeff):g} at layer {s.layer} is too large: c·v is not finite "
+                         f"in {name} (largest finite value {torch.finfo(dtype).max:.3g})")
+
+
+def steering_delta(info: ModelInfo, s, dtype: torch.dtype = torch.float32) -> Float[Tensor, "d_model"]:
     """``c·v`` (float32) of a :class:`~lens_steer.engines.base.Steering`, checked the same way for every
     engine and entry point.
 
+    Args:
+        info: The model's identity.
+        s: The steering.
+        dtype: The model's parameter dtype: ``c·v`` must be finite in it (:func:`check_delta_finite`).
+
     Raises:
-        IndexError: layer out of range. ValueError: a non-finite vector, an all-zero
-        direction (steering with it does nothing), wrong width. ModelMismatchError: another model's vector.
+        IndexError: layer out of range. ValueError: a non-finite vector, an all-zero direction (steering
+        with it does nothing), wrong width, ``c·v`` not finite in ``dtype``. ModelMismatchError: another
+        model's vector.
 
     Warns:
         RuntimeWarning: ``‖c·v‖`` above :data:`LARGE_STEERING` times the layer's mean residual norm
@@ -98,6 +125,8 @@ def steering_delta(info: ModelInfo, s) -> Float[Tensor, "d_model"]:
         have = others.nonzero().flatten().tolist()
         hint = f" (this vector has directions at layers {layer_span(have)})" if have else ""
         raise ValueError(f"the direction at layer {s.layer} is all zeros: steering with it would change nothing{hint}")
+    delta = coeff * direction
+    check_delta_finite(delta, s, dtype)
     resid = getattr(s.vector, "resid_norm", None)
     if resid is not None and 0 <= s.layer < len(resid) and float(resid[s.layer]) > 0:
         ratio = abs(coeff) * norm / float(resid[s.layer])
@@ -105,7 +134,7 @@ def steering_delta(info: ModelInfo, s) -> Float[Tensor, "d_model"]:
             warnings.warn(f"steering at layer {s.layer} with c={coeff:g} adds a vector {ratio:.0f}x the layer's mean "
                           f"residual norm ({float(resid[s.layer]):.3g}); expect degenerate text", RuntimeWarning,
                           stacklevel=3)
-    return coeff * direction
+    return delta
 
 
 class SingleSteerer:
@@ -151,7 +180,7 @@ def steering_hooks(model, plan: Sequence[Steering], info: ModelInfo, registry: l
     param = next(hf_model(model).parameters())
     deltas = []
     for s in plan:
-        deltas.append(steering_delta(info, s).to(device=param.device, dtype=param.dtype))
+        deltas.append(steering_delta(info, s, param.dtype).to(device=param.device, dtype=param.dtype))
     with ExitStack() as stack:
         for s, delta in zip(plan, deltas):
             name = resid_post_name(s.layer)

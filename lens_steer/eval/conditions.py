@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from lens_steer.engines.base import STEER_MODES
 
@@ -83,6 +83,21 @@ class Condition:
     def to_dict(self) -> dict:
         """JSON-ready form (plus ``key``)."""
         return {**asdict(self), "key": self.key}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Condition:
+        """Read :meth:`to_dict`'s form back (``key`` is derived, so it is not read).
+
+        Raises:
+            ValueError: not a condition.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a condition is {type(data).__name__}, not an object")
+        names = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:
+            raise ValueError(f"malformed condition {dict(data)!r}: {exc}") from None
 
 
 def steered_condition(

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Collection, Sequence
 
 from tqdm.auto import tqdm
 
-from lens_steer.config import GenerationConfig
+from lens_steer.config import GenerationConfig, torch_dtype
 from lens_steer.data.registry import Example, benchmark_key
 from lens_steer.engines.api import as_engine
 from lens_steer.engines.base import Steering
+from lens_steer.engines.registry import capabilities_of
+from lens_steer.engines.steering import steering_delta
 from lens_steer.eval.conditions import Condition
 from lens_steer.eval.results import ItemRow
 from lens_steer.eval.scoring import is_cot_style, score
@@ -48,7 +51,7 @@ def evaluate(
 
     Items of one condition are sorted by prompt length and generated in fixed chunks of
     ``chunk_size``; after each chunk ``on_rows`` receives its rows (write them there to make
-    a run resumable). An engine with ``mixed_batches`` (vLLM) gets chunk ``j`` of every condition in
+    a run resumable). An engine with the ``mixed_steering`` capability (vLLM) gets chunk ``j`` of every condition in
     one call, each request with its own steering; others get one condition's chunk per call.
 
     Args:
@@ -82,6 +85,7 @@ def evaluate(
         raise ValueError(f"chunk_size must be >= 1, got {size}")
     done = set(done)
     engine = as_engine(model)
+    _check_steerings(engine, conditions, vector, allow_other_model)
     tok = engine.tokenizer
     prompts_by_style: dict[str, list[list[int]]] = {}
     plan = []
@@ -95,7 +99,7 @@ def evaluate(
                 plan.append((j, cond, prompts, todo))
     # An engine that batches requests with different steering together (vLLM) gets every condition's
     # chunk j in one call; the bridge engine gets one condition's chunk per call.
-    if getattr(engine, "mixed_batches", False):
+    if capabilities_of(engine).mixed_steering:
         groups = [[p for p in plan if p[0] == j] for j in sorted({p[0] for p in plan})]
     else:
         groups = [[p] for p in plan]
@@ -121,6 +125,18 @@ def evaluate(
             rows.extend(chunk_rows)
             bar.update(len(batch))
     return rows
+
+
+def _check_steerings(engine, conditions: Sequence[Condition], vector, allow_other_model: bool) -> None:
+    """Refuse a steered condition this model cannot take (layer, width, another model's vector, c·v not finite
+    in its dtype) before anything is generated, not when its turn comes."""
+    dtype = torch_dtype(engine.dtype_name)
+    for cond in conditions:
+        if cond.steered:
+            with warnings.catch_warnings():  # the large-steering warning comes when the condition runs
+                warnings.simplefilter("ignore", RuntimeWarning)
+                steering_delta(engine.info, Steering(vector, cond.layer, cond.coeff, cond.mode, allow_other_model),
+                               dtype)
 
 
 def _row(example: Example, cond: Condition, gen, seconds: float) -> ItemRow:

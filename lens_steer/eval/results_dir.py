@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lens_steer.config import settings_diff
 from lens_steer.eval.conditions import Condition
-from lens_steer.eval.record import RUN_FORMAT_VERSION, Invocation, RunRecord
+from lens_steer.eval.record import RUN_FORMAT_VERSION, Invocation, RunRecord, comparable_settings
 from lens_steer.eval.results import ItemRow, SummaryRow, summarise
 from lens_steer.storage import atomic_write, json_text, storage_errors, write_json
 
@@ -82,14 +82,16 @@ def open_results_dir(
             if old.get(key) is None or now.get(key) is None:
                 old.pop(key, None)
                 now.pop(key, None)
-        diffs = settings_diff(old, now)
+        diffs = settings_diff(comparable_settings(old), comparable_settings(now))
         if diffs:
             raise RunSettingsMismatch(
                 f"{path} holds results made with other settings, so it cannot be resumed: "
                 + "; ".join(diffs) + ". Use another output directory (or delete this one)."
             )
-        if filled:
-            saved["settings"] = {**saved["settings"], **filled}
+        moved = (old.get("vector") or {}).get("path") != (now.get("vector") or {}).get("path")
+        if filled or moved:  # a vector recorded for the first time, or the same vector found at another path
+            saved["settings"] = {**saved["settings"], **filled,
+                                 **({"vector": now["vector"]} if moved and now.get("vector") else {})}
             write_json(run_file, saved)
     else:
         if (path / ITEMS_FILE).exists():

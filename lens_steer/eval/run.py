@@ -3,14 +3,11 @@ and :class:`EvalRun`, which owns its results directory, resume, invocation recor
 
 from __future__ import annotations
 
-import hashlib
-import signal
-import sys
-import threading
-import time
-from collections.abc import Iterator, Sequence
 import contextlib
-from contextlib import contextmanager
+import hashlib
+import sys
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,13 +23,19 @@ from lens_steer.eval.results_dir import (
     ITEMS_FILE, append_items, open_results_dir, read_items, record_invocation, write_summary,
 )
 from lens_steer.eval.sweep import BEST_RULE, best_steered
+from lens_steer.method.derive_run import sigterm_interrupts
 from lens_steer.prompts import DEFAULT_TEMPLATE, PromptTemplate
 from lens_steer.storage import DirLock, StorageError
 
-__all__ = ["DataSettings", "EvalRun", "RunOutcome", "RunSettings"]
+__all__ = ["DataSettings", "EvalRun", "RunOutcome", "RunSettings", "item_ids_sha256"]
 
 N_BOOT = 2000
 BOOT_SEED = 0
+
+
+def item_ids_sha256(examples: Sequence[Example]) -> str:
+    """sha256 of the items' ids in order: pins exactly which items a run evaluates."""
+    return hashlib.sha256("\n".join(e.id for e in examples).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -106,24 +109,6 @@ class RunOutcome:
     best: dict[str, SummaryRow | None] | None = None
 
 
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Make SIGTERM raise KeyboardInterrupt (a background job ignores SIGINT), so ``kill PID`` stops a run
-    between chunks' writes as cleanly as Ctrl-C. Off the main thread nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class EvalRun:
     """An eval or sweep writing into ``out``, resumable: rerunning it continues where it stopped.
 
@@ -159,15 +144,15 @@ class EvalRun:
         """The settings as ``run.json`` records them (compared on resume)."""
         st = self.settings
         data_dir = resolve_data_dir(st.data.data_dir)
-        ids = hashlib.sha256("\n".join(e.id for e in self.examples).encode()).hexdigest()
+        ids = item_ids_sha256(self.examples)
         vec = None
         if self.vector is not None:
             vec = self.vector.source if getattr(self.vector, "source", None) is not None else None
             if vec is None:
                 raise ValueError("record a run's vector from a saved one: load it with SteeringVector.load(path)")
         return RecordedSettings(
-            command=st.command, model=self.engine.info.to_dict(), dtype=self.engine.dtype_name, vector=vec,
-            allow_other_model=st.allow_other_model, generation=st.generation.to_dict(), template=st.template.to_dict(),
+            command=st.command, model=self.engine.info, dtype=self.engine.dtype_name, vector=vec,
+            allow_other_model=st.allow_other_model, generation=st.generation, template=st.template,
             chunk_size=st.chunk_size or st.generation.batch_size,
             data=DataRecord(benchmarks=list(self.benchmark_names), split=st.data.split, limit=st.data.limit,
                             task_limit=st.data.task_limit, seed=st.data.seed,
@@ -218,7 +203,7 @@ class EvalRun:
 
         completed = False
         try:
-            with _sigterm_interrupts():
+            with sigterm_interrupts():
                 evaluate(self.engine, self.examples, st.conditions, st.generation, self.vector, template=st.template,
                          done=done, on_rows=on_rows, chunk_size=st.chunk_size,
                          allow_other_model=st.allow_other_model, progress=progress)

@@ -3,13 +3,14 @@ for a given model: llama.cpp / repeng control-vector GGUFs, steering-vectors and
 and live ``steering_vectors.SteeringVector`` / ``repeng.ControlVector`` objects.
 
 An imported vector has directions only (zeros at the layers the source does not cover), no per-question
-vectors, and records where it came from in ``metadata.stats["imported"]``. Layers follow
+vectors, and records where it came from in ``metadata.stats.imported``. Layers follow
 :mod:`lens_steer.interop.convention`; files are checked the way their own readers check them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +21,9 @@ from torch import Tensor
 
 from lens_steer._version import __version__
 from lens_steer.interop.convention import gguf_layer
+from lens_steer.method.metadata import DerivationStats, ImportOrigin
 from lens_steer.method.vectors import ModelMismatchError, SteeringVector, VectorFileError, VectorMetadata, _info_of
+from lens_steer.storage import read_bytes
 
 __all__ = ["IMPORT_FORMATS", "ForeignVector", "from_object", "import_vector", "read_gguf", "read_source",
            "read_torch_file"]
@@ -43,8 +46,8 @@ class ForeignVector:
     origin: dict = field(default_factory=dict)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _field_value(reader, key: str):
@@ -71,6 +74,7 @@ def read_gguf(path: str | Path) -> ForeignVector:
     path = Path(path)
     if not path.is_file():
         raise VectorFileError(f"no control-vector file at {path}")
+    raw = read_bytes(path)  # no permission: StorageError, one line
     try:
         reader = gguf.GGUFReader(path)
     except Exception as exc:  # gguf raises ValueError, struct.error, IndexError ... on a bad file
@@ -94,8 +98,11 @@ def read_gguf(path: str | Path) -> ForeignVector:
         if width is not None and int(t.n_elements) != width:
             raise VectorFileError(f"{path}: tensor {t.name} has {int(t.n_elements)} values, the others {width}")
         width = int(t.n_elements)
+        if layer in directions:
+            raise VectorFileError(f"{path}: two tensors name layer {layer} (one is {t.name}); which one llama.cpp "
+                                  "would use is not defined: keep one")
         directions[layer] = torch.from_numpy(np.array(t.data, dtype=np.float32).reshape(-1))
-    origin = {"path": str(path.resolve()), "sha256": _sha256(path),
+    origin = {"path": str(path.resolve()), "sha256": _sha256(raw),
               "model_hint": _field_value(reader, "controlvector.model_hint")}
     for key in ("model_id", "model_fingerprint", "coeff", "vector_sha256"):
         value = _field_value(reader, f"lens_steer.{key}")
@@ -114,11 +121,12 @@ def read_torch_file(path: str | Path) -> ForeignVector:
     path = Path(path)
     if not path.is_file():
         raise VectorFileError(f"no vector file at {path}")
+    raw = read_bytes(path)  # no permission: StorageError, one line
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise VectorFileError(f"{path} is not a readable torch file of tensors: {type(exc).__name__}: {exc}") from exc
-    origin = {"path": str(path.resolve()), "sha256": _sha256(path)}
+    origin = {"path": str(path.resolve()), "sha256": _sha256(raw)}
     if isinstance(data, dict) and "lens_steer" in data and isinstance(data["lens_steer"], dict):
         origin.update({f"lens_steer_{k}": v for k, v in data["lens_steer"].items()
                        if k in ("model_id", "model_fingerprint", "coeff", "vector_sha256")})
@@ -126,7 +134,7 @@ def read_torch_file(path: str | Path) -> ForeignVector:
         return _from_layer_activations(data["layer_activations"], data.get("layer_type", "decoder_block"),
                                        origin, str(path))
     if isinstance(data, dict) and data and all(isinstance(v, dict) and "steering_vector" in v for v in data.values()):
-        directions = {}
+        directions, hookpoints = {}, {}
         for hookpoint, info in data.items():
             match = _HOOKPOINT.fullmatch(str(hookpoint))
             if match is None:
@@ -134,8 +142,14 @@ def read_torch_file(path: str | Path) -> ForeignVector:
             if info.get("action", "add") != "add" or info.get("head_index") is not None or info.get("bias") is not None:
                 raise VectorFileError(f"{path}: hookpoint {hookpoint!r} uses action {info.get('action')!r} "
                                       "with a head index or bias; only a plain 'add' maps onto lens_steer's steering")
-            coeff = float(info.get("steering_coefficient", 1.0))
-            directions[int(match.group(1))] = coeff * _vector_1d(info["steering_vector"], f"{path}: {hookpoint}")
+            layer = int(match.group(1))
+            if layer in hookpoints:  # lm-eval hooks modules by name under the base model: at most one is the block
+                raise VectorFileError(f"{path}: hookpoints {hookpoints[layer]!r} and {hookpoint!r} both name layer "
+                                      f"{layer}; lm-eval resolves each by module name, so at most one of them is that "
+                                      "decoder block in a given model: keep the one for your model")
+            hookpoints[layer] = hookpoint
+            coeff = _lm_eval_coefficient(info, f"{path}: hookpoint {hookpoint!r}")
+            directions[layer] = coeff * _vector_1d(info["steering_vector"], f"{path}: {hookpoint}")
         for info in data.values():
             for k, v in (info.get("lens_steer") or {}).items():
                 if k in ("model_id", "model_fingerprint"):
@@ -143,6 +157,21 @@ def read_torch_file(path: str | Path) -> ForeignVector:
         return ForeignVector(directions, "lm-eval", origin)
     raise VectorFileError(f"{path} is neither a steering-vectors file (no 'layer_activations') nor an lm-eval "
                           "steer file ({hookpoint: {'steering_vector': ...}})")
+
+
+def _lm_eval_coefficient(info: dict, where: str) -> float:
+    """``steering_coefficient`` read as lm-eval's ``SteeredModel`` reads it (0.4.12 to 0.4.13:
+    ``float(steer_info.get("steering_coefficient", 1.0))``): a missing one is 1.0; ``None`` (which lm-eval
+    itself fails on with a ``TypeError``) or a value ``float()`` cannot take is refused in one line."""
+    value = info.get("steering_coefficient", 1.0)
+    if value is None:
+        raise VectorFileError(f"{where}: steering_coefficient is null; lm-eval reads a missing coefficient as 1.0 "
+                              "but cannot use null: give a number (or leave the key out for 1.0)")
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
+        shown = repr(value) if len(repr(value)) <= 60 else f"a {type(value).__name__}"
+        raise VectorFileError(f"{where}: steering_coefficient {shown} is not a number") from None
 
 
 def _vector_1d(value, where: str) -> Tensor:
@@ -242,6 +271,6 @@ def import_vector(source, model, *, fmt: str | None = None, allow_other_model: b
         model_id=info.model_id, model_fingerprint=info.fingerprint, n_layers=info.n_layers, d_model=info.d_model,
         positions="unknown", method=f"imported:{foreign.format}", package_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        stats={"imported": {"format": foreign.format, "layers": layers, **foreign.origin,
-                            "note": "directions only: no per-question vectors or residual norms"}})
+        stats=DerivationStats(imported=ImportOrigin(foreign.format, tuple(layers), {
+            **foreign.origin, "note": "directions only: no per-question vectors or residual norms"})))
     return SteeringVector(directions=directions, metadata=meta)

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from lens_steer.config import settings_diff
+from lens_steer.config import GenerationConfig, settings_diff
 from lens_steer.engines.base import Generation
 from lens_steer.method.collect import ResidualMeans
 from lens_steer.method.vectors import CHECKPOINT_DIR, _is_vector_dir
+from lens_steer.models import ModelInfo
+from lens_steer.prompts import PromptTemplate
 from lens_steer.storage import atomic_write, json_text, storage_errors, write_json
 
-__all__ = ["CheckpointMismatch", "DeriveCheckpoint", "derive_checkpoint"]
+__all__ = ["CheckpointMismatch", "CheckpointSettings", "DeriveCheckpoint", "derive_checkpoint"]
 
 SETTINGS_FILE = "settings.json"
 
@@ -31,19 +34,59 @@ class CheckpointMismatch(ValueError):
     """The output directory holds a derivation checkpoint made with other settings."""
 
 
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """Everything that decides a derivation's chunks: resuming needs all of it unchanged.
+
+    Attributes:
+        model: The model's identity. engine: The engine's name (engines round differently).
+        questions / n_questions: sha256 of the questions (ids and texts) and their number.
+        template / generation / positions / method: As given to the derivation.
+        chunk_questions: Questions per chunk (it decides the batches, so the numerics).
+    """
+
+    model: ModelInfo
+    engine: str
+    questions: str
+    n_questions: int
+    template: PromptTemplate
+    generation: GenerationConfig
+    positions: str
+    method: str
+    chunk_questions: int
+
+    def to_dict(self) -> dict:
+        """The JSON of ``settings.json`` (the layout checkpoints have always had)."""
+        return {"model": self.model.to_dict(), "engine": self.engine, "questions": self.questions,
+                "n_questions": self.n_questions, "template": self.template.to_dict(),
+                "generation": self.generation.to_dict(), "positions": self.positions, "method": self.method,
+                "chunk_questions": self.chunk_questions}
+
+
 class DeriveCheckpoint:
     """The checkpoint of a derivation into ``out`` (a vector directory, existing or not).
 
     Args:
         out: The derivation's output directory.
-        settings: Everything that decides the chunks' contents (model identity, question ids,
-            templates, generation, positions, method, engine, chunk size), as JSON-able data.
+        settings: Everything that decides the chunks' contents.
     """
 
-    def __init__(self, out: str | os.PathLike[str], settings: dict) -> None:
+    def __init__(self, out: str | os.PathLike[str], settings: CheckpointSettings) -> None:
         self.out = Path(out)
         self.dir = self.out / CHECKPOINT_DIR
-        self.settings = json.loads(json_text(settings))
+        self.settings = settings
+
+    def matches(self) -> bool | None:
+        """Whether the checkpoint on disk was made with these settings (None: there is none; False also when
+        its settings file is unreadable)."""
+        path = self.dir / SETTINGS_FILE
+        if not path.is_file():
+            return None
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        return not settings_diff(saved, json.loads(json_text(self.settings.to_dict())))
 
     def open(self) -> set[int]:
         """Create or reopen the checkpoint; the indices of the finished chunks.
@@ -59,7 +102,7 @@ class DeriveCheckpoint:
                 saved = json.loads(path.read_text())
             except (OSError, ValueError) as exc:
                 raise CheckpointMismatch(f"{path} is unreadable ({exc}); delete {self.dir} to start afresh") from exc
-            diffs = settings_diff(saved, self.settings)
+            diffs = settings_diff(saved, json.loads(json_text(self.settings.to_dict())))
             if diffs:
                 raise CheckpointMismatch(
                     f"{self.out} holds a derivation checkpoint made with other settings, so it cannot be resumed: "
@@ -67,7 +110,7 @@ class DeriveCheckpoint:
         else:
             with storage_errors(self.dir):
                 self.dir.mkdir(parents=True, exist_ok=True)
-            write_json(path, self.settings)
+            write_json(path, self.settings.to_dict())
         done = set()
         for f in self.dir.glob("chunk-*.safetensors"):
             stem = f.name[len("chunk-"):-len(".safetensors")]
@@ -117,7 +160,6 @@ def derive_checkpoint(out: str | os.PathLike[str], engine, questions, *, templat
     from lens_steer.data.questions import as_questions, questions_hash
 
     qs = as_questions(questions)
-    return DeriveCheckpoint(out, {
-        "model": engine.info.to_dict(), "engine": engine.name, "questions": questions_hash(qs),
-        "n_questions": len(qs), "template": template.to_dict(), "generation": generation.to_dict(),
-        "positions": positions, "method": method, "chunk_questions": chunk_questions})
+    return DeriveCheckpoint(out, CheckpointSettings(
+        model=engine.info, engine=engine.name, questions=questions_hash(qs), n_questions=len(qs), template=template,
+        generation=generation, positions=positions, method=method, chunk_questions=chunk_questions))

@@ -21,6 +21,7 @@ from torch import Tensor
 from lens_steer.config import GenerationConfig
 from lens_steer.engines.api import as_engine
 from lens_steer.engines.base import POSITIONS, Generation, Positions, ResidualSums
+from lens_steer.engines.registry import require
 
 Method = Literal["fused", "two_pass"]
 METHODS: tuple[str, ...] = ("fused", "two_pass")
@@ -77,10 +78,10 @@ def collect_residual_means(
     if method == "fused":
         if not config.use_cache:
             raise ValueError("method='fused' needs use_cache=True; use method='two_pass' without a cache")
+        require(engine, "residual_capture", "deriving a vector")
         generations = engine.generate(prompts, config, residuals=sums, progress=progress, desc="deriving")
     else:
-        if not hasattr(engine, "read_residuals"):
-            raise ValueError(f"the {engine.name} engine cannot re-read sequences; use method='fused'")
+        require(engine, "reread_residuals", "method='two_pass'")
         generations = engine.generate(prompts, config, progress=progress, desc="deriving")
         sequences, weights = [], []
         for p, g in zip(prompts, generations):

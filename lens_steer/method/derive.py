@@ -13,7 +13,8 @@ from lens_steer.config import GenerationConfig
 from lens_steer.data.questions import Question, as_questions, questions_hash
 from lens_steer.engines.api import as_engine
 from lens_steer.method.collect import Method, Positions, collect_residual_means, concat_means
-from lens_steer.method.vectors import SteeringVector, VectorMetadata
+from lens_steer.method.metadata import DerivationStats, VectorMetadata
+from lens_steer.method.vectors import SteeringVector
 from lens_steer.prompts import DEFAULT_TEMPLATE, PromptTemplate, encode_prompt
 
 __all__ = ["Question", "as_questions", "derive_cot_vector", "questions_hash"]
@@ -108,24 +109,25 @@ def derive_cot_vector(
         d_model=ident.d_model,
         positions=positions,
         method=method,
-        templates=template.to_dict(),
+        templates=template,
         question_ids=[q.id for q in kept],
         question_sources=[q.source for q in kept],
         questions=[q.text for q in kept],
         corpus_hash=questions_hash(kept),
-        generation={**generation.to_dict(), "attention": engine.attention_kernel(),
-                    **({} if engine.name == "bridge" else {"engine": engine.name}),
-                    **({"chunk_questions": chunk_questions} if chunk_questions else {})},
+        generation=generation,
+        attention=engine.attention_kernel(),
+        engine=engine.name,
+        chunk_questions=chunk_questions,
         package_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         skipped_ids=skipped,
-        stats={
-            "n_questions": len(kept),
-            "mean_tokens_cot": sum(lengths[0::2]) / len(qs),
-            "mean_tokens_direct": sum(lengths[1::2]) / len(qs),
-            "truncated_cot": sum(not g.stopped for g in res.generations[0::2]),
-            "truncated_direct": sum(not g.stopped for g in res.generations[1::2]),
-        },
+        stats=DerivationStats(
+            n_questions=len(kept),
+            mean_tokens_cot=sum(lengths[0::2]) / len(qs),
+            mean_tokens_direct=sum(lengths[1::2]) / len(qs),
+            truncated_cot=sum(not g.stopped for g in res.generations[0::2]),
+            truncated_direct=sum(not g.stopped for g in res.generations[1::2]),
+        ),
     )
     responses = None
     if keep_responses:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor
 
 from lens_steer.data._records import iter_jsonl, read_json
 from lens_steer.data.example import DataFormatError
+from lens_steer.method.metadata import MetadataError, VectorMetadata
 from lens_steer.models import ModelInfo, layer_span, model_info
 
 TENSORS_FILE = "vector.safetensors"
@@ -72,51 +73,6 @@ class VectorRef:
     n_questions: int
 
 
-@dataclass
-class VectorMetadata:
-    """Provenance of a steering vector.
-
-    Attributes:
-        model_id: Name or path of the model it was derived on.
-        model_fingerprint: Hash of that model's embedding weights (see ``models.model_fingerprint``).
-        n_layers: Number of blocks.
-        d_model: Residual width.
-        hook_name: Hook name template, ``blocks.{layer}.hook_resid_post``.
-        positions: Averaged positions (``generated``, ``prompt`` or ``all``).
-        method: ``fused`` or ``two_pass``.
-        templates: The prompt templates used.
-        question_ids / question_sources / questions: One entry per question, in order.
-        corpus_hash: sha256 over ids and question texts.
-        generation: Generation settings.
-        package_version: lens_steer version.
-        created: ISO timestamp.
-        skipped_ids: Questions left out because a response had no token to average.
-        stats: Summary numbers (mean response lengths, ...).
-    """
-
-    model_id: str
-    model_fingerprint: str
-    n_layers: int
-    d_model: int
-    hook_name: str = "blocks.{layer}.hook_resid_post"
-    positions: str = "generated"
-    method: str = "fused"
-    templates: dict = field(default_factory=dict)
-    question_ids: list[str] = field(default_factory=list)
-    question_sources: list[str] = field(default_factory=list)
-    questions: list[str] = field(default_factory=list)
-    corpus_hash: str = ""
-    generation: dict = field(default_factory=dict)
-    package_version: str = ""
-    created: str = ""
-    skipped_ids: list[str] = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
-
-
-_FIELD_TYPES = {"str": str, "int": int, "dict": dict, "list[str]": list}
-"""The JSON type of each :class:`VectorMetadata` field, by its annotation."""
-
-
 @contextmanager
 def _as_vector_error() -> Iterator[None]:
     """Re-raise a located file error (bad UTF-8 or JSON, a line that is not an object) as :class:`VectorFileError`."""
@@ -128,21 +84,9 @@ def _as_vector_error() -> Iterator[None]:
 
 def _metadata_of(meta: object, path: Path) -> VectorMetadata:
     """The ``metadata`` object of a config file, each field checked against its type."""
-    if not isinstance(meta, dict):
-        raise VectorFileError(f"corrupt steering vector: {path}: 'metadata' is {type(meta).__name__}, not an object")
-    kwargs = {}
-    for f in fields(VectorMetadata):
-        if f.name not in meta:
-            continue
-        value = meta[f.name]
-        ok = isinstance(value, _FIELD_TYPES[f.type]) and not isinstance(value, bool)
-        if not ok or (f.type == "list[str]" and not all(isinstance(v, str) for v in value)):
-            raise VectorFileError(f"corrupt steering vector: {path}: metadata field {f.name!r} is not {f.type} "
-                                  f"(got {type(value).__name__})")
-        kwargs[f.name] = value
     try:
-        return VectorMetadata(**kwargs)
-    except TypeError as exc:  # a required field is missing
+        return VectorMetadata.from_dict(meta)
+    except MetadataError as exc:
         raise VectorFileError(f"corrupt steering vector: {path}: {exc}") from exc
 
 
@@ -175,6 +119,13 @@ class SteeringVector:
             raise ValueError(f"directions shape {tuple(self.directions.shape)} != metadata {shape}")
         if self.per_question is not None and tuple(self.per_question.shape[1:]) != shape:
             raise ValueError(f"per_question shape {tuple(self.per_question.shape)} does not end in {shape}")
+        n_ids = len(self.metadata.question_ids)
+        if self.per_question is not None and n_ids and self.per_question.shape[0] != n_ids:
+            raise ValueError(f"per_question holds {self.per_question.shape[0]} question vectors but the metadata lists "
+                             f"{n_ids} question ids")
+        if len(self.metadata.question_sources) not in (0, n_ids) or len(self.metadata.questions) not in (0, n_ids):
+            raise ValueError(f"the metadata lists {n_ids} question ids but {len(self.metadata.question_sources)} "
+                             f"sources and {len(self.metadata.questions)} questions")
         bad = (~torch.isfinite(self.directions)).any(dim=-1)
         if bad.any():
             layers = bad.nonzero().flatten().tolist()
@@ -250,7 +201,7 @@ class SteeringVector:
                     tensors["resid_norm"] = self.resid_norm.detach().float().contiguous().cpu()
                 save_file(tensors, str(tmp / TENSORS_FILE))
                 digest = hashlib.sha256((tmp / TENSORS_FILE).read_bytes()).hexdigest()
-                config = {"format_version": FORMAT_VERSION, "tensors_sha256": digest, "metadata": asdict(self.metadata)}
+                config = {"format_version": FORMAT_VERSION, "tensors_sha256": digest, "metadata": self.metadata.to_dict()}
                 (tmp / CONFIG_FILE).write_text(json_text(config) + "\n")
                 if self.responses is not None:
                     with open(tmp / RESPONSES_FILE, "w") as f:
@@ -280,6 +231,8 @@ class SteeringVector:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        from lens_steer.storage import read_bytes
+
         src = Path(path)
         if not src.is_dir():
             raise VectorFileError(f"no steering vector directory at {src}")
@@ -293,7 +246,7 @@ class SteeringVector:
         metadata = _metadata_of(config["metadata"], src / CONFIG_FILE)
         if config.get("format_version") != FORMAT_VERSION:
             raise VectorFileError(f"{src} has format version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
-        raw = (src / TENSORS_FILE).read_bytes()
+        raw = read_bytes(src / TENSORS_FILE)  # no permission: StorageError, one line
         if hashlib.sha256(raw).hexdigest() != config.get("tensors_sha256"):
             raise VectorFileError(f"{src / TENSORS_FILE} does not match the checksum in {CONFIG_FILE}: file corrupt or edited")
         try:
@@ -340,11 +293,11 @@ class SteeringVector:
         ]
         if rel is not None and torch.isfinite(rel).all():
             lines.append(f"  |v|/|resid| per layer: min {rel.min():.3f}, max {rel.max():.3f}")
-        imported = self.metadata.stats.get("imported")
-        if isinstance(imported, dict):
-            span = layer_span(imported.get("layers") or [])
-            lines.append(f"  imported from {imported.get('format')} {imported.get('path') or imported.get('object', '')}: "
-                         f"directions at layers {span} only, no per-question vectors")
+        imported = self.metadata.stats.imported
+        if imported is not None:
+            where = imported.details.get("path") or imported.details.get("object", "")
+            lines.append(f"  imported from {imported.format} {where}: "
+                         f"directions at layers {layer_span(list(imported.layers))} only, no per-question vectors")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

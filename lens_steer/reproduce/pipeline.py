@@ -1,15 +1,15 @@
 """The paper's whole pipeline in one resumable object: derive → sweep → select → eval → report → figures,
-each stage's output cached in one directory and redone only when its inputs change.
+each stage's output cached in one directory, checked against what was recorded before it is trusted, and
+redone only when its inputs or its output changed (saying why).
 
 ``DIR/vector`` (as ``lens-steer derive`` writes it), ``DIR/sweep`` and ``DIR/eval`` (results directories
-of :class:`~lens_steer.eval.run.EvalRun`), ``DIR/selection.json``, ``DIR/report.md``, ``DIR/figures`` and
-``DIR/reproduce.json`` (per stage: inputs, their fingerprint, the output's fingerprint, status, wall time).
+of :class:`~lens_steer.eval.run.EvalRun`), ``DIR/selection.json``, ``DIR/report.md``, ``DIR/figures``,
+``DIR/reproduce.json`` (per stage: inputs, their fingerprint, the output's fingerprint, status, wall time) and
+``DIR/superseded/`` (outputs the run no longer uses, moved there instead of deleted).
 """
 
 from __future__ import annotations
 
-import gc
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -17,20 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lens_steer.eval.results_dir import read_summary
-from lens_steer.eval.sweep import BEST_RULE
-from lens_steer.method.vectors import CHECKPOINT_DIR, ModelMismatchError, SteeringVector
-from lens_steer.reproduce import stages as si
-from lens_steer.reproduce.cache import (
-    checkpoint_matches, corpus_questions, derive_definition, read_vector, reconcile_results, results_output,
-    vector_definition,
-)
+from lens_steer.method.derive_run import sigterm_interrupts
+from lens_steer.method.vectors import ModelMismatchError
+from lens_steer.reproduce.cache import read_vector, results_output
+from lens_steer.reproduce.context import Context, open_bridge, open_engine
+from lens_steer.reproduce.figures_stage import Figures
 from lens_steer.reproduce.presets import preset_for
 from lens_steer.reproduce.record import Record, StageRecord, StageResult, describe_changes, fingerprint
-from lens_steer.reproduce.selection import HeadlineRow, Selection, eval_conditions, headline, select_cells
-from lens_steer.reproduce.settings import STAGES, ReproduceSettings
-from lens_steer.storage import DirLock, write_json
+from lens_steer.reproduce.results_stages import Evaluate, Sweep
+from lens_steer.reproduce.selection import HeadlineRow, Selection, headline
+from lens_steer.reproduce.settings import ReproduceSettings
+from lens_steer.reproduce.stages import Derive, Report, Select, Stage, read_selection
+from lens_steer.storage import DirLock
 
-__all__ = ["ReproduceOutcome", "Reproduction"]
+__all__ = ["STAGE_TYPES", "ReproduceOutcome", "Reproduction"]
+
+STAGE_TYPES: tuple[type[Stage], ...] = (Derive, Sweep, Select, Evaluate, Report, Figures)
+"""The stages, in the order they run (their names are :data:`~lens_steer.reproduce.settings.STAGES`)."""
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,6 @@ class ReproduceOutcome:
     seconds: float
 
 
-@dataclass(frozen=True)
-class _State:
-    previous: dict | None  # the inputs the existing output was made from (None: unknown or none)
-    output: str | None  # fingerprint of the complete output (None: not complete)
-    partial: bool = False  # part of the output exists and will be resumed
-
-
 class _Interrupted(Exception):
     pass
 
@@ -68,14 +64,16 @@ class Reproduction:
 
     One engine serves every generating stage (loaded on first need, never when all of them are cached);
     the figures need TransformerLens hooks, so they reuse a bridge engine's model or, after freeing another
-    engine, load the bridge.
+    engine, load the bridge. A cached output is used only when it is the one recorded when its stage finished
+    (a fingerprint of its content): an output changed or replaced afterwards is moved into ``superseded/`` and
+    made again, with the reason in the log.
 
     Args:
         out: The directory (created). settings: What to run.
         engine_factory: ``(capture_residuals) -> Engine`` (default: ``open_engine`` of the settings' engine).
         bridge_factory: ``() -> TransformerBridge`` for the figures (default: ``load_model``).
         argv: The command line recorded in the runs and the report.
-        log: Where status lines go (default ``sys.stderr``). progress: Show progress bars.
+        log: Where status lines go (default ``sys.stderr``; ``False`` mutes). progress: Show progress bars.
     """
 
     def __init__(self, out, settings: ReproduceSettings, *, engine_factory: Callable | None = None,
@@ -83,21 +81,18 @@ class Reproduction:
                  progress: bool = True) -> None:
         self.out = Path(out)
         self.settings = settings
-        self._engine_factory = engine_factory or (lambda capture: si.open_engine(settings, capture))
-        self._bridge_factory = bridge_factory or (lambda: si.open_bridge(settings))
         self.argv = list(argv) if argv is not None else ["reproduce", "--model", settings.model, "--out", str(out)]
         self.log = sys.stderr if log is None else log
         self.progress = progress
-        self.preset = preset_for(settings.model) if settings.presets else None
-        self._engine = None
-        self._load_seconds = 0.0
+        self._engine_factory = engine_factory or (lambda capture: open_engine(settings, capture))
+        self._bridge_factory = bridge_factory or (lambda: open_bridge(settings))
         self._results: list[StageResult] = []
-        self._cache: dict = {}
         self.record = Record(self.out)
 
     # ------------------------------------------------------------ running
     def run(self) -> ReproduceOutcome:
-        """Run the requested stages in order; Ctrl-C stops between chunks (``completed`` False, rerun to resume).
+        """Run the requested stages in order; Ctrl-C or SIGTERM stops between chunks (``completed`` False,
+        rerun to resume).
 
         Raises:
             LockedError: another process writes ``out``. ValueError (and subclasses): bad settings or inputs,
@@ -105,279 +100,124 @@ class Reproduction:
         """
         start = time.perf_counter()
         completed = True
-        with DirLock(self.out, "lens-steer reproduce") as lock:
+        self._results = []
+        with DirLock(self.out, "lens-steer reproduce") as lock, sigterm_interrupts():
             if lock.took_over:
                 self._say(f"took over the lock of {lock.took_over}")
             self.out.mkdir(parents=True, exist_ok=True)
             self.record = Record.open(self.out)
             self.record.settings = self.settings.to_dict()
+            ctx = Context(self.out, self.settings, preset_for(self.settings.model) if self.settings.presets else None,
+                          self.argv, self._say, self.progress, self.log, self._engine_factory, self._bridge_factory)
+            ctx.on_engine = lambda: self._check_vector_model(ctx)
             try:
-                for name in STAGES:
-                    if name in self.settings.stages:
-                        getattr(self, f"_{name}")()
+                for stage_type in STAGE_TYPES:
+                    if stage_type.name in self.settings.stages:
+                        self._run_stage(stage_type(ctx))
                     else:
-                        self._results.append(StageResult(name, "skipped"))
+                        self._results.append(StageResult(stage_type.name, "skipped"))
             except _Interrupted:
                 completed = False
+            except KeyboardInterrupt:  # between stages (or while a model loads)
+                completed = False
+                self._say("interrupted; run the same command again to resume")
             finally:
-                self._release_engine()
+                ctx.release_engine()
                 self.record.save()
-        return ReproduceOutcome(self.out, completed, tuple(self._results), self._selection(), self._headline(),
+        return ReproduceOutcome(self.out, completed, tuple(self._results), read_selection(self.out), self._headline(),
                                 round(time.perf_counter() - start, 2))
 
     def _say(self, line: str) -> None:
         if self.log:
             print(f"reproduce {line}", file=self.log, flush=True)
 
-    def _stage(self, name: str, inputs_fn: Callable[[], dict], state_fn: Callable[[], _State],
-               run_fn: Callable[[str], str | None], *, engine: bool = False) -> None:
-        """Run one stage unless its output is complete and was made from the same inputs."""
-        inputs, state = inputs_fn(), state_fn()
-        if not (state.output and state.previous == inputs) and engine and self._engine is None:
-            self._load_engine()
-            inputs, state = inputs_fn(), state_fn()  # the model is known now (and the vector may be new)
-        if state.output and state.previous == inputs:
-            self._finish(name, inputs, state.output, "cached", 0.0)
+    def _run_stage(self, stage: Stage) -> None:
+        """Run one stage unless its output is the recorded one, made from the same inputs."""
+        ctx = stage.ctx
+        status = self._status(stage)
+        if status != "cached" and stage.engine and not ctx.loaded:
+            ctx.engine  # noqa: B018 (load it: the model is known now, and derive's inputs hold its fingerprint)
+            status = self._status(stage)
+        inputs = stage.inputs()
+        if status == "cached":
+            self._finish(stage, inputs, stage.output(), "cached", 0.0)
             return
-        if state.previous is not None and state.previous != inputs:
-            status = "redone: " + describe_changes(state.previous, inputs)
-        else:
-            status = "resumed" if state.partial else "ran"
-        self._say(f"{name}: {status}")
-        self.record.stages[name] = StageRecord(inputs, fingerprint(inputs), None, status, 0.0, False)
+        if status.startswith("redone: ") and self._must_set_aside(stage, status):
+            moved = stage.set_aside()
+            if moved:
+                self._say(f"{stage.name}: {moved}")
+        self._say(f"{stage.name}: {status}")
+        self.record.stages[stage.name] = StageRecord(inputs, fingerprint(inputs), None, status, 0.0, False)
         self.record.save()
         started = time.perf_counter()
         try:
-            output = run_fn(status)
+            output = stage.run(status)
         except KeyboardInterrupt:
             output = None
         if output is None:
-            self._finish(name, inputs, None, "interrupted", time.perf_counter() - started)
-            self._say(f"{name}: interrupted; run the same command again to resume")
+            self._finish(stage, inputs, None, "interrupted", time.perf_counter() - started)
+            self._say(f"{stage.name}: interrupted; run the same command again to resume")
             raise _Interrupted
-        self._finish(name, inputs, output, status, time.perf_counter() - started)
+        self._finish(stage, inputs, output, status, time.perf_counter() - started)
 
-    def _finish(self, name: str, inputs: dict, output: str | None, status: str, seconds: float) -> None:
+    def _status(self, stage: Stage) -> str:
+        """``cached``, ``ran``, ``resumed`` or ``redone: <why>`` for the stage as things are on disk now."""
+        record = self.record.stages.get(stage.name)
+        inputs = stage.inputs()
+        previous = stage.made_from(record)  # first: a stage may learn from its record which files are its own
+        current = stage.output()
+        verified = stage.verified(record, current, self.record.format_version)
+        if verified and previous == inputs:
+            return "cached"
+        problem = stage.problem()
+        if problem:
+            return f"redone: {problem}"
+        if record is not None and record.complete and not verified:
+            what = "is missing or incomplete" if current is None else "changed after the stage finished"
+            return f"redone: {stage.shown()} {what}"
+        if previous is not None and previous != inputs:
+            return "redone: " + describe_changes(previous, inputs)
+        return "resumed" if stage.partial() else "ran"
+
+    @staticmethod
+    def _must_set_aside(stage: Stage, status: str) -> bool:
+        """A changed, missing or unusable output is moved aside whole; after a change of inputs a results stage
+        keeps the rows that still apply (its run reconciles them), the others are replaced."""
+        if not status.startswith("redone: "):
+            return False
+        tampered = status.endswith(("changed after the stage finished", "is missing or incomplete")) or \
+            status.removeprefix("redone: ") == stage.problem()
+        return tampered or isinstance(stage, Derive)
+
+    def _finish(self, stage: Stage, inputs: dict, output: str | None, status: str, seconds: float) -> None:
         seconds = round(seconds, 2)
-        made = self.record.stages.get(name)  # a cached output keeps the wall time of the run that made it
+        made = self.record.stages.get(stage.name)  # a cached output keeps the wall time of the run that made it
         recorded = made.seconds if status == "cached" and made is not None else seconds
-        self.record.stages[name] = StageRecord(inputs, fingerprint(inputs), output, status, recorded,
-                                               output is not None)
+        files = stage.files()
+        if files is None and status == "cached" and made is not None:
+            files = made.files
+        self.record.stages[stage.name] = StageRecord(inputs, fingerprint(inputs), output, status, recorded,
+                                                     output is not None, files)
         self.record.save()
-        self._results.append(StageResult(name, status, seconds))
+        self._results.append(StageResult(stage.name, status, seconds))
         if status != "interrupted":
-            self._say(f"{name}: {'cached' if status == 'cached' else 'done'} ({seconds:.1f} s)")
+            self._say(f"{stage.name}: {'cached' if status == 'cached' else 'done'} ({seconds:.1f} s)")
 
-    def _recorded(self, name: str, output: Callable[[], str | None]) -> _State:
-        """The state of a stage whose inputs only ``reproduce.json`` knows."""
-        rec = self.record.stages.get(name)
-        if rec is None:
-            return _State(None, None)
-        return _State(rec.inputs, output() if rec.complete else None, not rec.complete)
-
-    # ------------------------------------------------------------ engines
-    def _load_engine(self) -> None:
-        started = time.perf_counter()
-        self._engine = self._engine_factory("derive" in self.settings.stages)
-        self._load_seconds = time.perf_counter() - started
-        self._say(f"loaded {self.settings.model} on the {self._engine.name} engine ({self._load_seconds:.1f} s)")
+    def _check_vector_model(self, ctx: Context) -> None:
+        """Once the model is loaded: a vector found cached on the assumption that it is this model's is derived
+        again if it is another model's."""
         vector = read_vector(self.out / "vector")
-        have, now = (vector.metadata.model_fingerprint if vector else None), self._engine.info.fingerprint
-        if have and have != now and any(r.name == "derive" for r in self._results):
-            if "derive" not in self.settings.stages:
-                raise ModelMismatchError(f"{self.out / 'vector'} was derived on model fingerprint {have}, but "
-                                         f"{self.settings.model} has {now}: run the derive stage to derive it again")
-            self._cache.clear()
-            self._derive()  # redone: the definition now holds the loaded model's fingerprint
-
-    def _release_engine(self) -> None:
-        if self._engine is None:
+        have, now = (vector.metadata.model_fingerprint if vector else None), ctx.engine.info.fingerprint
+        if not (have and have != now and any(r.name == "derive" for r in self._results)):
             return
-        self._engine = None
-        gc.collect()
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    def _bridge(self):
-        from lens_steer.engines.bridge import BridgeEngine
-
-        if isinstance(self._engine, BridgeEngine):
-            return self._engine.model
-        self._release_engine()  # vLLM (or another engine) first gives its memory back
-        return self._bridge_factory()
-
-    # ------------------------------------------------------------ inputs shared by stages
-    def _vector(self) -> SteeringVector:
-        if "vector" not in self._cache:
-            vector = read_vector(self.out / "vector")
-            if vector is None:
-                raise FileNotFoundError(f"no complete steering vector in {self.out / 'vector'}: run the derive stage")
-            self._cache["vector"] = vector
-        return self._cache["vector"]
-
-    def _questions(self) -> list:
-        if "questions" not in self._cache:
-            self._cache["questions"] = corpus_questions(self.settings.budget.derive, self.settings.data_dir)
-        return self._cache["questions"]
-
-    def _selection(self) -> Selection | None:
-        return si.read_selection(self.out)
+        if "derive" not in self.settings.stages:
+            raise ModelMismatchError(f"{self.out / 'vector'} was derived on model fingerprint {have}, but "
+                                     f"{self.settings.model} has {now}: run the derive stage to derive it again")
+        ctx.forget_vector()
+        self._run_stage(Derive(ctx))  # redone: the definition now holds the loaded model's fingerprint
 
     def _headline(self) -> tuple[HeadlineRow, ...]:
-        selection, vector = self._selection(), read_vector(self.out / "vector")
+        selection, vector = read_selection(self.out), read_vector(self.out / "vector")
         if selection is None or vector is None or results_output(self.out / "eval") is None:
             return ()
         return headline(read_summary(self.out / "eval")[0], selection, vector)
-
-    # ------------------------------------------------------------ stages
-    def _derive(self) -> None:
-        st = self.settings
-        out = self.out / "vector"
-
-        def inputs() -> dict:
-            vector = read_vector(out)
-            assumed = vector.metadata.model_fingerprint if vector is not None else None
-            known = self._engine.info.fingerprint if self._engine is not None else assumed
-            return {**derive_definition(st.model, st.budget.derive, st.template.to_dict(), self._questions()),
-                    "fingerprint": known}
-
-        def state() -> _State:
-            vector = read_vector(out)
-            if vector is not None:
-                previous = {**vector_definition(vector.metadata, self._questions()),
-                            "fingerprint": vector.metadata.model_fingerprint}
-                return _State(previous, vector.source.tensors_sha256)
-            settings = si.checkpoint_settings(st, self._engine, self._questions()) if self._engine else None
-            return _State(None, None, bool(settings) and checkpoint_matches(out, settings) is True)
-
-        def run(status: str) -> str | None:
-            if checkpoint_matches(out, si.checkpoint_settings(st, self._engine, self._questions())) is False:
-                shutil.rmtree(out / CHECKPOINT_DIR)
-                self._say(f"derive: removed the checkpoint in {out} (made with other settings)")
-            vector = si.derive(st, self._engine, self._questions(), out, progress=self.progress)
-            self._cache.pop("vector", None)
-            return vector.source.tensors_sha256 if vector.source else None
-
-        self._stage("derive", inputs, state, run, engine=True)
-
-    def _sweep(self) -> None:
-        out = self.out / "sweep"
-
-        def inputs() -> dict:
-            return si.sweep_inputs(self.settings, self._vector(), self._data("sweep"))
-
-        def run(status: str) -> str | None:
-            vector = self._vector()
-            run_settings = si.sweep_run_settings(self.settings, vector)
-            outcome = self._run_results("sweep", out, run_settings, vector)
-            si.write_heatmaps(self.settings, outcome.summary, out, self._say)
-            return results_output(out)
-
-        self._stage("sweep", inputs, lambda: self._recorded("sweep", lambda: results_output(out)), run, engine=True)
-
-    def _select(self) -> None:
-        modes = si.sweep_modes(self.settings)
-
-        def inputs() -> dict:
-            sweep = results_output(self.out / "sweep")
-            if sweep is None:
-                raise FileNotFoundError(f"select needs a complete sweep in {self.out / 'sweep'}: run the sweep stage")
-            return {"sweep": sweep, "rule": BEST_RULE, "modes": list(modes),
-                    "preset": self.preset.to_dict() if self.preset else None}
-
-        def output() -> str | None:
-            selection = self._selection()
-            return fingerprint(selection.to_dict()) if selection is not None else None
-
-        def run(status: str) -> str:
-            selection = select_cells(read_summary(self.out / "sweep")[0], modes, self.preset)
-            write_json(self.out / si.SELECTION_FILE, selection.to_dict())
-            for cell in selection.cells:
-                self._say(f"select: {cell.text()}")
-            return fingerprint(selection.to_dict())
-
-        self._stage("select", inputs, lambda: self._recorded("select", output), run)
-
-    def _eval(self) -> None:
-        out = self.out / "eval"
-
-        def selection() -> Selection:
-            found = self._selection()
-            if found is None:
-                raise FileNotFoundError(f"eval needs {self.out / si.SELECTION_FILE}: run the select stage")
-            return found
-
-        def inputs() -> dict:
-            conditions = eval_conditions(self._vector(), selection(), self.settings.budget.eval.baselines)
-            return si.eval_inputs(self.settings, self._vector(), self._data("eval"), conditions)
-
-        def run(status: str) -> str | None:
-            vector = self._vector()
-            conditions = eval_conditions(vector, selection(), self.settings.budget.eval.baselines)
-            self._run_results("eval", out, si.eval_run_settings(self.settings, conditions), vector)
-            return results_output(out)
-
-        self._stage("eval", inputs, lambda: self._recorded("eval", lambda: results_output(out)), run, engine=True)
-
-    def _report(self) -> None:
-        path = self.out / "report.md"
-
-        def inputs() -> dict:
-            found = results_output(self.out / "eval")
-            if found is None:
-                raise FileNotFoundError(f"report needs a complete evaluation in {self.out / 'eval'}: run the eval stage")
-            selection = self._selection()
-            return {"eval": found, "sweep": results_output(self.out / "sweep"),
-                    "selection": fingerprint(selection.to_dict()) if selection else None}
-
-        def run(status: str) -> str:
-            si.write_report(self.settings, self.out, self._selection(), self.argv)
-            return fingerprint(path.read_text())
-
-        output = lambda: fingerprint(path.read_text()) if path.is_file() else None  # noqa: E731
-        self._stage("report", inputs, lambda: self._recorded("report", output), run)
-
-    def _figures(self) -> None:
-        out = self.out / "figures"
-
-        def inputs() -> dict:
-            settings = si.figure_settings(self.settings, self._vector())
-            return {"vector": self._vector().source.tensors_sha256, "settings": settings.to_dict(),
-                    "png": self.settings.budget.figures.png}
-
-        def output() -> str | None:
-            summary = out / "summary.json"
-            return fingerprint(summary.read_text()) if summary.is_file() and (out / "README.md").is_file() else None
-
-        def run(status: str) -> str | None:
-            if out.exists():
-                shutil.rmtree(out)  # rebuilt whole: no figure of the old settings stays behind
-            vector = self._vector()
-            si.write_figures(self.settings, self._bridge(), vector, out, self.argv, self._say, progress=self.progress)
-            return output()
-
-        self._stage("figures", inputs, lambda: self._recorded("figures", output), run)
-
-    # ------------------------------------------------------------ results directories
-    def _data(self, stage: str) -> tuple[list, list[str]]:
-        key = f"data-{stage}"
-        if key not in self._cache:
-            self._cache[key] = si.data_settings(self.settings, stage).load()
-        return self._cache[key]
-
-    def _run_results(self, name: str, out: Path, run_settings, vector: SteeringVector):
-        from lens_steer.eval.run import EvalRun
-
-        vector.check_compatible(self._engine)
-        examples, names = self._data(name)
-        run = EvalRun(out, run_settings, self._engine, vector, examples=examples, benchmark_names=names,
-                      argv=self.argv, load_seconds=self._load_seconds)
-        note = reconcile_results(out, run.settings_json(), {c.key for c in run_settings.conditions})
-        if note:
-            self._say(f"{name}: {note}")
-        outcome = run.run(progress=self.progress, log=self.log)
-        if not outcome.completed:
-            raise KeyboardInterrupt
-        return outcome

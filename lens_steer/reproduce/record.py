@@ -16,7 +16,9 @@ from lens_steer.viz.report import text_table
 __all__ = ["RECORD_FILE", "Record", "StageRecord", "StageResult", "describe_changes", "fingerprint", "stage_table"]
 
 RECORD_FILE = "reproduce.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: a results stage's output fingerprint covers its settings, every item row and the summary (1: the summary
+only); a stage may list the files it wrote."""
 
 
 def fingerprint(obj) -> str:
@@ -35,6 +37,7 @@ class StageRecord:
         status: What the last run did (``ran``, ``resumed``, ``cached``, ``redone: <why>``, ``interrupted``).
         seconds: Wall time of the run that made the output (of the last run, when interrupted).
         complete: Whether the output is whole.
+        files: The files the stage wrote into a directory others may share (the figures), when it lists them.
     """
 
     inputs: dict
@@ -43,6 +46,35 @@ class StageRecord:
     status: str = ""
     seconds: float = 0.0
     complete: bool = False
+    files: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_dict(cls, data) -> StageRecord:
+        """Read one stage of ``reproduce.json``.
+
+        Raises:
+            ValueError: not an object of the expected fields.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a stage is {type(data).__name__}, not an object")
+        if not isinstance(data.get("inputs"), Mapping) or not isinstance(data.get("fingerprint"), str):
+            raise ValueError("a stage has no 'inputs' object or 'fingerprint' string")
+        files = data.get("files")
+        if files is not None and not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
+            raise ValueError("a stage's 'files' is not a list of names")
+        out = data.get("output")
+        return cls(dict(data["inputs"]), data["fingerprint"], out if isinstance(out, str) else None,
+                   str(data.get("status", "")), float(data.get("seconds") or 0.0), data.get("complete") is True,
+                   tuple(files) if files is not None else None)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (``files`` left out when the stage lists none)."""
+        out = asdict(self)
+        if self.files is None:
+            del out["files"]
+        else:
+            out["files"] = list(self.files)
+        return out
 
 
 @dataclass(frozen=True)
@@ -61,6 +93,7 @@ class Record:
     path: Path
     settings: dict = field(default_factory=dict)
     stages: dict[str, StageRecord] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
 
     @classmethod
     def open(cls, out: str | os.PathLike[str]) -> Record:
@@ -74,15 +107,27 @@ class Record:
             return cls(path)
         try:
             data = json.loads(path.read_text())
-            stages = {name: StageRecord(**s) for name, s in data.get("stages", {}).items()}
+            if not isinstance(data, Mapping):
+                raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+            stages = data.get("stages", {})
+            if not isinstance(stages, Mapping):
+                raise ValueError(f"its 'stages' is a JSON {type(stages).__name__}, not an object")
+            settings = data.get("settings") or {}
+            if not isinstance(settings, Mapping):
+                raise ValueError(f"its 'settings' is a JSON {type(settings).__name__}, not an object")
+            version = data.get("format_version", 1)
+            if not isinstance(version, int) or version > FORMAT_VERSION:
+                raise ValueError(f"format version {version!r} is not one this lens_steer reads (<= {FORMAT_VERSION})")
+            records = {str(name): StageRecord.from_dict(s) for name, s in stages.items()}
         except (OSError, ValueError, TypeError) as exc:
             raise ValueError(f"{path} is unreadable ({exc}); delete it to have every stage checked afresh") from None
-        return cls(path, dict(data.get("settings") or {}), stages)
+        return cls(path, dict(settings), records, version)
 
     def save(self) -> None:
-        """Write the file atomically."""
+        """Write the file atomically (in the current format)."""
+        self.format_version = FORMAT_VERSION
         write_json(self.path, {"format_version": FORMAT_VERSION, "settings": self.settings,
-                               "stages": {name: asdict(s) for name, s in self.stages.items()}})
+                               "stages": {name: s.to_dict() for name, s in self.stages.items()}})
 
 
 def _flat(obj, prefix: str = "") -> dict[str, object]:

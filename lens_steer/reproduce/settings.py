@@ -220,7 +220,8 @@ class ReproduceSettings:
     """Everything ``lens-steer reproduce`` runs with.
 
     Attributes:
-        model / device / dtype / engine: What to load and on which engine (``"bridge"`` or ``"vllm"``).
+        model / device / dtype / engine: What to load and on which registered engine
+            (:func:`~lens_steer.engines.registry.engine_names`).
         budget: The sizes of every stage.
         data_dir: Local benchmark copies (None: ``$LENS_STEER_DATA_DIR``, else the hub).
         batch_size / max_batch_tokens: Batching of every generating stage (greedy decoding throughout).
@@ -247,11 +248,13 @@ class ReproduceSettings:
         bad = [s for s in self.stages if s not in STAGES]
         if bad:
             raise ValueError(f"unknown stage(s) {bad}; expected some of {', '.join(STAGES)}")
-        if self.engine not in ("bridge", "vllm"):
-            raise ValueError(f"unknown engine {self.engine!r}; expected bridge or vllm")
-        if self.engine != "bridge" and self.budget.derive.method != "fused":
-            raise ValueError(f"the {self.budget.derive.method} method re-reads sequences through TransformerLens "
-                             f"hooks; with --engine {self.engine} use the fused method")
+        from lens_steer.engines.registry import engine_spec, require
+
+        engine_spec(self.engine)  # a known engine
+        if "derive" in self.stages:
+            require(self.engine, "residual_capture", "the derive stage")
+            if self.budget.derive.method == "two_pass":
+                require(self.engine, "reread_residuals", "the two_pass method")
 
     def generation(self, max_new_tokens: int) -> GenerationConfig:
         """The generation settings of a stage that generates ``max_new_tokens`` at most."""

@@ -1,86 +1,187 @@
-"""Each stage of a reproduction as the library runs it: the settings it hands to derive / EvalRun / the
-report / the figures, the inputs it is cached by, and the files it writes (called by
-:class:`~lens_steer.reproduce.pipeline.Reproduction`)."""
+"""The stages of a reproduction as objects (this module: the base, derive, select and report; the sweep and the
+evaluation are in :mod:`~lens_steer.reproduce.results_stages`, the figures in :mod:`~lens_steer.reproduce.figures`).
+Each says what it reads (:meth:`Stage.inputs`, fingerprinted into
+``reproduce.json``), what is on disk now (:meth:`Stage.output`, a fingerprint checked against the one recorded
+when the stage finished before anything is trusted), how to move a superseded output aside, and how it runs:
+by calling the library exactly as the matching ``lens-steer`` command does."""
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import shlex
-import shutil
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
-from lens_steer.data.registry import resolve_data_dir
-from lens_steer.eval.conditions import Condition, sweep_conditions
-from lens_steer.eval.results import SummaryRow
-from lens_steer.eval.run import DataSettings, RunSettings
+from lens_steer.eval.results_dir import read_summary
+from lens_steer.eval.run import DataSettings
 from lens_steer.eval.sweep import BEST_RULE
-from lens_steer.method.vectors import SteeringVector
-from lens_steer.reproduce.selection import Selection
+from lens_steer.method.derive_run import DeriveSettings, derive_into
+from lens_steer.reproduce.cache import (
+    derive_definition, read_vector, results_output, set_aside, superseded_path, vector_definition, vector_problem,
+)
+from lens_steer.reproduce.context import Context
+from lens_steer.reproduce.record import StageRecord, fingerprint
+from lens_steer.reproduce.selection import Selection, select_cells
 from lens_steer.reproduce.settings import ReproduceSettings
-from lens_steer.viz.figure_settings import FigureSettings
+from lens_steer.storage import storage_errors, write_json
 
-__all__ = ["SELECTION_FILE", "checkpoint_settings", "data_settings", "derive", "eval_inputs", "eval_run_settings",
-           "figure_settings", "open_bridge", "open_engine", "read_selection", "sweep_inputs", "sweep_modes", "sweep_run_settings", "write_figures",
-           "write_heatmaps", "write_report"]
+__all__ = ["SELECTION_FILE", "Derive", "Report", "Select", "Stage", "data_settings", "read_selection", "sweep_modes",
+           "write_report"]
 
 SELECTION_FILE = "selection.json"
 
 
-# ---------------------------------------------------------------- models
-def open_engine(settings: ReproduceSettings, capture_residuals: bool):
-    """The settings' engine on their model (``capture_residuals``: the derivation will read residuals)."""
-    from lens_steer.engines.api import open_engine as open_named
+class Stage:
+    """One stage of a reproduction (subclasses set ``name`` and implement the methods that raise here).
 
-    return open_named(settings.engine, settings.model, device=settings.device, dtype=settings.dtype,
-                      capture_residuals=capture_residuals)
+    Attributes:
+        name: The stage's name in ``reproduce.json`` and the log. engine: Whether it runs the generating engine.
+        path: Its output (a file or directory of ``ctx.out``).
+    """
 
+    name: ClassVar[str] = ""
+    engine: ClassVar[bool] = False
 
-def open_bridge(settings: ReproduceSettings):
-    """The settings' model as a TransformerLens bridge (the figures need its hooks)."""
-    from lens_steer.config import torch_dtype
-    from lens_steer.models import load_model
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
 
-    return load_model(settings.model, device=settings.device, dtype=torch_dtype(settings.dtype))
+    @property
+    def path(self) -> Path:
+        raise NotImplementedError
+
+    def shown(self) -> str:
+        """The output's path as messages name it (relative to the reproduction's directory)."""
+        return os.path.relpath(self.path, self.ctx.out)
+
+    def inputs(self) -> dict:
+        """The settings and upstream fingerprints the output depends on (raises when an upstream output is missing)."""
+        raise NotImplementedError
+
+    def output(self) -> str | None:
+        """Fingerprint of the complete output on disk now (None: absent or incomplete)."""
+        raise NotImplementedError
+
+    def legacy_output(self) -> str | None:
+        """The fingerprint ``reproduce.json`` format 1 recorded for this output (when it differs from format 2's)."""
+        return self.output()
+
+    def made_from(self, record: StageRecord | None) -> dict | None:
+        """The inputs the output on disk was made from (None: unknown)."""
+        return record.inputs if record is not None else None
+
+    def verified(self, record: StageRecord | None, current: str | None, version: int) -> bool:
+        """Whether the output on disk is the one the record says this stage finished."""
+        if record is None or not record.complete or record.output is None:
+            return False
+        if current is not None and current == record.output:
+            return True
+        return version < 2 and self.legacy_output() == record.output
+
+    def problem(self) -> str | None:
+        """Why the output on disk cannot be used at all (None: it can, or there is none)."""
+        return None
+
+    def partial(self) -> bool:
+        """Whether part of an output is there for :meth:`run` to resume."""
+        return False
+
+    def set_aside(self) -> str | None:
+        """Move the output into ``superseded/``; a line for the log (None: there was none)."""
+        moved = set_aside(self.path, self.ctx.out)
+        return f"moved {self.shown()} to {os.path.relpath(moved, self.ctx.out)}" if moved else None
+
+    def run(self, status: str) -> str | None:
+        """Make the output (resuming what is partial); its fingerprint, or None when interrupted."""
+        raise NotImplementedError
+
+    def files(self) -> tuple[str, ...] | None:
+        """The files the stage wrote, when it keeps a list (a directory users may add to)."""
+        return None
 
 
 # ---------------------------------------------------------------- derive
-def _checkpoint(settings: ReproduceSettings, engine, questions: Sequence, out: Path):
-    from lens_steer.method.checkpoint import derive_checkpoint
+class Derive(Stage):
+    """The CoT vector of the corpus (``DIR/vector``, exactly what ``lens-steer derive`` writes). A vector already
+    there with the requested definition is reused, whatever engine, batch size or chunking made it."""
 
-    st = settings.budget.derive
-    if not st.chunk_questions:
-        return None
-    return derive_checkpoint(out, engine, questions, template=settings.template,
-                             generation=settings.generation(st.max_new_tokens), positions=st.positions,
-                             method=st.method, chunk_questions=st.chunk_questions)
+    name = "derive"
+    engine = True
+
+    @property
+    def path(self) -> Path:
+        return self.ctx.out / "vector"
+
+    def _settings(self) -> DeriveSettings:
+        st, ctx = self.ctx.settings.budget.derive, self.ctx
+        return DeriveSettings(template=ctx.settings.template, generation=ctx.settings.generation(st.max_new_tokens),
+                              positions=st.positions, method=st.method, chunk_questions=st.chunk_questions)
+
+    def inputs(self) -> dict:
+        ctx = self.ctx
+        vector = read_vector(self.path)
+        assumed = vector.metadata.model_fingerprint if vector is not None else None
+        known = ctx.engine.info.fingerprint if ctx.loaded else assumed
+        return {**derive_definition(ctx.settings.model, ctx.settings.budget.derive, ctx.settings.template.to_dict(),
+                                    ctx.questions()), "fingerprint": known}
+
+    def output(self) -> str | None:
+        vector = read_vector(self.path)
+        return vector.source.tensors_sha256 if vector is not None and vector.source else None
+
+    def made_from(self, record: StageRecord | None) -> dict | None:
+        vector = read_vector(self.path)
+        if vector is None:
+            return None
+        return {**vector_definition(vector.metadata, self.ctx.questions()),
+                "fingerprint": vector.metadata.model_fingerprint}
+
+    def verified(self, record: StageRecord | None, current: str | None, version: int) -> bool:
+        # A vector nobody recorded is judged by the definition it records (made_from); a recorded one must be it.
+        if record is None or not record.complete:
+            return current is not None
+        return current is not None and current == record.output
+
+    def problem(self) -> str | None:
+        return vector_problem(self.path)
+
+    def set_aside(self) -> str | None:
+        """Move the vector's files aside; a derivation checkpoint beside them stays, to be resumed."""
+        from lens_steer.method.vectors import CHECKPOINT_DIR
+
+        names = [p for p in self.path.iterdir() if p.name != CHECKPOINT_DIR] if self.path.is_dir() else []
+        if not names:
+            return None
+        target = superseded_path(self.ctx.out, "vector")
+        with storage_errors(target):
+            target.mkdir(parents=True)
+            for path in names:
+                os.rename(path, target / path.name)
+        return f"moved the vector in {self.shown()} to {os.path.relpath(target, self.ctx.out)}"
+
+    def partial(self) -> bool:
+        checkpoint = self._settings().checkpoint(self.path, self.ctx.engine, self.ctx.questions()) \
+            if self.ctx.loaded else None
+        return checkpoint is not None and checkpoint.matches() is True
+
+    def run(self, status: str) -> str | None:
+        ctx = self.ctx
+        settings = self._settings()
+        checkpoint = settings.checkpoint(self.path, ctx.engine, ctx.questions())
+        if checkpoint is not None and checkpoint.matches() is False:
+            moved = set_aside(checkpoint.dir, ctx.out)
+            ctx.say(f"derive: moved the checkpoint in {self.shown()} (made with other settings) to "
+                    f"{os.path.relpath(moved, ctx.out)}")
+        ctx.forget_vector()
+        try:
+            vector = derive_into(self.path, ctx.engine, ctx.questions(), settings, progress=ctx.progress)
+        except KeyboardInterrupt:
+            return None
+        return vector.source.tensors_sha256 if vector.source else None
 
 
-def checkpoint_settings(settings: ReproduceSettings, engine, questions: Sequence) -> dict | None:
-    """The settings a derivation checkpoint of this run records (None: the run keeps no checkpoint)."""
-    checkpoint = _checkpoint(settings, engine, questions, Path("."))
-    return checkpoint.settings if checkpoint is not None else None
-
-
-def derive(settings: ReproduceSettings, engine, questions: Sequence, out: Path, *, progress: bool) -> SteeringVector:
-    """Derive the vector into ``out`` exactly as ``lens-steer derive --out OUT`` does (checkpointed in chunks,
-    so a killed run resumes); returns it as loaded back from ``out``."""
-    from lens_steer.method.derive import derive_cot_vector
-
-    st = settings.budget.derive
-    start = time.perf_counter()
-    vector = derive_cot_vector(engine, questions, template=settings.template,
-                               generation=settings.generation(st.max_new_tokens), positions=st.positions,
-                               method=st.method, progress=progress, chunk_questions=st.chunk_questions or None,
-                               checkpoint=_checkpoint(settings, engine, questions, out))
-    vector.metadata.stats["wall_seconds"] = round(time.perf_counter() - start, 2)
-    vector.save(out)
-    return SteeringVector.load(out)
-
-
-# ---------------------------------------------------------------- sweep and eval
+# ---------------------------------------------------------------- sweep and evaluation
 def data_settings(settings: ReproduceSettings, stage: str) -> DataSettings:
     """The items of the ``"sweep"`` (dev splits) or ``"eval"`` (test subsets) stage."""
     if stage == "sweep":
@@ -89,19 +190,6 @@ def data_settings(settings: ReproduceSettings, stage: str) -> DataSettings:
     ev = settings.budget.eval
     return DataSettings(benchmarks=ev.benchmarks, split=ev.split, limit=ev.limit, task_limit=ev.task_limit,
                         seed=settings.seed, data_dir=settings.data_dir)
-
-
-def _common_inputs(settings: ReproduceSettings, stage: str, vector: SteeringVector, data: tuple[list, list[str]],
-                   max_new_tokens: int) -> dict:
-    examples, names = data
-    ds = data_settings(settings, stage)
-    source = resolve_data_dir(ds.data_dir)
-    ids = hashlib.sha256("\n".join(e.id for e in examples).encode()).hexdigest()
-    return {"model": settings.model, "dtype": settings.dtype, "vector": vector.source.tensors_sha256,
-            "data": {"benchmarks": list(names), "split": ds.split, "limit": ds.limit, "task_limit": ds.task_limit,
-                     "seed": ds.seed, "source": str(source.resolve()) if source is not None else "hub",
-                     "items": ids},
-            "generation": settings.generation(max_new_tokens).to_dict(), "template": settings.template.to_dict()}
 
 
 def sweep_modes(settings: ReproduceSettings) -> tuple[str, ...]:
@@ -113,55 +201,7 @@ def sweep_modes(settings: ReproduceSettings) -> tuple[str, ...]:
     return modes
 
 
-def _sweep_conditions(settings: ReproduceSettings, vector: SteeringVector) -> list[Condition]:
-    st = settings.budget.sweep
-    scales = {m: list(getattr(st, f"scales_{m}")) for m in sweep_modes(settings)}
-    return [Condition.baseline(b) for b in st.baselines] + sweep_conditions(
-        vector, st.layers.resolve(vector.n_layers), list(scales), scales=scales)
-
-
-def sweep_inputs(settings: ReproduceSettings, vector: SteeringVector, data: tuple[list, list[str]]) -> dict:
-    """What the sweep's results depend on: model, vector, items, generation, templates and the grid."""
-    st = settings.budget.sweep
-    return {**_common_inputs(settings, "sweep", vector, data, st.max_new_tokens),
-            "layers": list(st.layers.resolve(vector.n_layers)), "scales_continuous": list(st.scales_continuous),
-            "scales_single": list(st.scales_single), "baselines": list(st.baselines)}
-
-
-def sweep_run_settings(settings: ReproduceSettings, vector: SteeringVector) -> RunSettings:
-    """The :class:`RunSettings` of the sweep (baselines, then layers x scales per mode)."""
-    return RunSettings(command="sweep", data=data_settings(settings, "sweep"),
-                       conditions=tuple(_sweep_conditions(settings, vector)),
-                       generation=settings.generation(settings.budget.sweep.max_new_tokens), template=settings.template)
-
-
-def write_heatmaps(settings: ReproduceSettings, summary: Sequence[SummaryRow], out: Path,
-                   say: Callable[[str], None]) -> None:
-    """The sweep's heatmaps in ``out/heatmaps`` (rebuilt whole), as ``lens-steer sweep`` writes them."""
-    from lens_steer.viz.heatmaps import save_sweep_heatmaps
-
-    folder = out / "heatmaps"
-    if folder.exists():
-        shutil.rmtree(folder)
-    _, message = save_sweep_heatmaps(summary, folder, {m: "scale" for m in sweep_modes(settings)},
-                                     png=settings.budget.figures.png)
-    if message:
-        say(f"sweep: {message}")
-
-
-def eval_inputs(settings: ReproduceSettings, vector: SteeringVector, data: tuple[list, list[str]],
-                conditions: Sequence[Condition]) -> dict:
-    """What the evaluation's results depend on: model, vector, items, generation, templates and its conditions."""
-    return {**_common_inputs(settings, "eval", vector, data, settings.budget.eval.max_new_tokens),
-            "conditions": [c.key for c in conditions]}
-
-
-def eval_run_settings(settings: ReproduceSettings, conditions: Sequence[Condition]) -> RunSettings:
-    """The :class:`RunSettings` of the evaluation."""
-    return RunSettings(command="eval", data=data_settings(settings, "eval"), conditions=tuple(conditions),
-                       generation=settings.generation(settings.budget.eval.max_new_tokens), template=settings.template)
-
-
+# ---------------------------------------------------------------- selection, report, figures
 def read_selection(out: Path) -> Selection | None:
     """``out/selection.json``, or None when there is none yet.
 
@@ -177,7 +217,40 @@ def read_selection(out: Path) -> Selection | None:
         raise ValueError(f"{path} is unreadable ({exc}); delete it to choose the cells again") from None
 
 
-# ---------------------------------------------------------------- report and figures
+class Select(Stage):
+    """One cell per mode from the sweep by :data:`~lens_steer.eval.sweep.BEST_RULE`, plus the paper's own cells
+    for its models (``DIR/selection.json``)."""
+
+    name = "select"
+
+    @property
+    def path(self) -> Path:
+        return self.ctx.out / SELECTION_FILE
+
+    def inputs(self) -> dict:
+        sweep = results_output(self.ctx.out / "sweep")
+        if sweep is None:
+            raise FileNotFoundError(f"select needs a complete sweep in {self.ctx.out / 'sweep'}: run the sweep stage")
+        preset = self.ctx.preset
+        return {"sweep": sweep, "rule": BEST_RULE, "modes": list(sweep_modes(self.ctx.settings)),
+                "preset": preset.to_dict() if preset else None}
+
+    def output(self) -> str | None:
+        try:
+            selection = read_selection(self.ctx.out)
+        except ValueError:
+            return None
+        return fingerprint(selection.to_dict()) if selection is not None else None
+
+    def run(self, status: str) -> str:
+        summary = read_summary(self.ctx.out / "sweep")[0]
+        selection = select_cells(summary, sweep_modes(self.ctx.settings), self.ctx.preset)
+        write_json(self.path, selection.to_dict())
+        for cell in selection.cells:
+            self.ctx.say(f"select: {cell.text()}")
+        return fingerprint(selection.to_dict())
+
+
 def write_report(settings: ReproduceSettings, out: Path, selection: Selection | None, argv: Sequence[str]) -> Path:
     """``out/report.md`` from ``out/eval`` and ``out/sweep``, with the selection and the budget as notes."""
     from lens_steer.viz.report_io import write_report as write_results
@@ -198,28 +271,27 @@ def write_report(settings: ReproduceSettings, out: Path, selection: Selection | 
                          title=f"Reproduction of Zhang & Viteri (2024): {settings.model}", notes=notes)
 
 
-def figure_settings(settings: ReproduceSettings, vector: SteeringVector) -> FigureSettings:
-    """The figure stage's :class:`FigureSettings`, defaults resolved."""
-    from lens_steer.viz.figure_run import resolve_figure_settings
+class Report(Stage):
+    """``DIR/report.md`` from the evaluation, the sweep and the selection."""
 
-    fs = settings.budget.figures
-    return resolve_figure_settings(settings.model, vector.n_layers, layer=fs.layer,
-                                   ablation_questions=fs.ablation_questions, max_new_tokens=fs.max_new_tokens,
-                                   batch_size=settings.batch_size, top_k=fs.top_k, n_splits=fs.n_splits,
-                                   seed=settings.seed, device=settings.device, dtype=settings.dtype)
+    name = "report"
 
+    @property
+    def path(self) -> Path:
+        return self.ctx.out / "report.md"
 
-def write_figures(settings: ReproduceSettings, model, vector: SteeringVector, out: Path, argv: Sequence[str],
-                  say: Callable[[str], None], *, progress: bool) -> None:
-    """Every analysis figure of the vector into ``out``, as ``lens-steer figures`` writes them."""
-    from lens_steer.viz.figure_run import make_figures
+    def inputs(self) -> dict:
+        out = self.ctx.out
+        found = results_output(out / "eval")
+        if found is None:
+            raise FileNotFoundError(f"report needs a complete evaluation in {out / 'eval'}: run the eval stage")
+        selection = read_selection(out)
+        return {"eval": found, "sweep": results_output(out / "sweep"),
+                "selection": fingerprint(selection.to_dict()) if selection else None}
 
-    png = settings.budget.figures.png
-    run = make_figures(model, vector, figure_settings(settings, vector), out,
-                       command=shlex.join(["lens-steer", *argv]), png=png, progress=progress,
-                       vector_dir=out.parent / "vector")
-    say(f"figures: wrote {len(run.written.html)} HTML and {len(run.written.png)} PNG files to {out}")
-    if png and run.written.png_missing:
-        say(f"figures: {run.written.png_message} (HTML written)")
-    for name, reason in run.paper.skipped.items():
-        say(f"figures: skipped {name}: {reason}")
+    def output(self) -> str | None:
+        return fingerprint(self.path.read_text()) if self.path.is_file() else None
+
+    def run(self, status: str) -> str:
+        write_report(self.ctx.settings, self.ctx.out, read_selection(self.ctx.out), self.ctx.argv)
+        return fingerprint(self.path.read_text())

@@ -1,11 +1,16 @@
-"""The headline numbers of a figures run, typed, with the JSON of ``summary.json`` and the
-Markdown bullets of its README. Pure: nothing here computes an analysis or writes a file."""
+"""The headline numbers of a figures run: typed, read off a :class:`~lens_steer.analysis.paper.VectorAnalysis`
+(rounded for the JSON) by :func:`headline_numbers`, with the JSON of ``summary.json``. Pure: nothing
+here runs a model or writes a file (the README's bullets are :func:`lens_steer.viz.readme.headline_lines`)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+
+from torch import Tensor
+
+from lens_steer.analysis.paper import AblationAnalysis, LensAnalysis, TraceAnalysis, VectorAnalysis, VectorStructure
+from lens_steer.analysis.token_set_lens import TokenSetLens
 
 __all__ = [
     "AblationNumbers",
@@ -16,9 +21,14 @@ __all__ = [
     "TokenSetNumbers",
     "TraceNumbers",
     "TraceStyleNumbers",
-    "headline_lines",
+    "ablation_numbers",
+    "headline_numbers",
+    "lens_numbers",
     "rounded",
     "rounded_list",
+    "structure_numbers",
+    "token_set_numbers",
+    "trace_numbers",
 ]
 
 
@@ -225,7 +235,7 @@ class AblationNumbers:
     conditions: dict[str, dict[str, float]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadlineNumbers:
     """Every group's numbers; a group not built is None (and absent from the JSON)."""
 
@@ -258,91 +268,80 @@ class HeadlineNumbers:
         )
 
 
-def _fmt_tokens(tokens: Sequence[str], n: int = 6) -> str:
-    shown = [json.dumps(t, ensure_ascii=False) for t in tokens[:n]]
-    return ", ".join(s.replace("|", "\\|") for s in shown)
+def structure_numbers(st: VectorStructure) -> StructureNumbers:
+    """The numbers of the figures that need only the vector."""
+    layer, stability, pw, src, pca = st.layer, st.split_half, st.pairwise, st.sources, st.pca
+    return StructureNumbers(
+        layer, st.n_questions,
+        LayerCosineNumbers(layer, rounded(st.adjacent_cosine.mean()), rounded(st.adjacent_cosine.min()),
+                           rounded_list(st.layer_cosine[layer], 3)),
+        SplitHalfNumbers(per_layer=rounded_list(stability), min=rounded(stability.min()),
+                         argmin=int(stability.argmin()), max=rounded(stability.max()), argmax=int(stability.argmax()),
+                         at_layer=rounded(stability[layer]), n_splits=st.n_splits),
+        NormNumbers(rounded_list(st.norms, 3),
+                    rounded_list(st.relative_norms) if st.relative_norms is not None else None),
+        PairwiseNumbers(rounded(pw.mean_pairwise), rounded(pw.std_pairwise), rounded(pw.cos_with_mean.mean())),
+        SourceNumbers(list(src.sources), src.counts.tolist(), [rounded_list(row, 3) for row in src.between],
+                      rounded_list(src.within, 3)),
+        PCANumbers(rounded_list(pca.explained_variance_ratio), rounded(st.pc_alignment[0]), pca.centered))
 
 
-def _layers_text(layers: Sequence[int]) -> str:
-    """``layer 15``, ``layers 0–29`` or ``layers 3, 7``."""
-    layers = list(layers)
-    if len(layers) == 1:
-        return f"layer {layers[0]}"
-    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
-        return f"layers {layers[0]}–{layers[-1]}"
-    return "layers " + ", ".join(str(x) for x in layers)
+def _curves(values: Tensor, band: tuple[Tensor, Tensor, Tensor], groups: Sequence[str],
+            nd: int) -> dict[str, GroupCurve]:
+    low, mean, high = band
+    return {g: GroupCurve(rounded_list(values[:, i], nd), rounded_list(low[:, i], nd), rounded_list(mean[:, i], nd),
+                          rounded_list(high[:, i], nd)) for i, g in enumerate(groups)}
 
 
-def _structure_lines(st: StructureNumbers) -> list[str]:
-    sh, layer = st.split_half, st.layer
-    lines = [f"- Split-half stability (cos of the two half means, {sh.n_splits} splits, "
-             f"{st.n_questions} questions): {sh.min:.3f} (layer {sh.argmin}) to "
-             f"{sh.max:.3f} (layer {sh.argmax}); {sh.at_layer:.3f} at layer {layer}."]
-    rel = st.norm.relative_per_layer
-    if rel:
-        lines.append(f"- ‖v‖/‖resid‖ at layer {layer}: {rel[layer]:.3f} (range {min(rel):.3f}–{max(rel):.3f}).")
-    lc = st.layer_cosine
-    lines.append(f"- Adjacent-layer cosine of the direction: mean {lc.adjacent_mean:.3f}, min {lc.adjacent_min:.3f}.")
-    pw = st.pairwise
-    lines.append(f"- Per-question vectors at layer {layer}: mean pairwise cosine {pw.mean:.3f} "
-                 f"(sd {pw.std:.3f}); mean cosine with the CoT direction {pw.cos_with_mean_mean:.3f}.")
-    src = st.sources
-    if len(src.names) > 1:
-        pairs = [f"{a}–{b} {src.between[i][j]:.3f}" for i, a in enumerate(src.names)
-                 for j, b in enumerate(src.names) if j > i]
-        lines.append(f"- Between-source cosine of mean vectors at layer {layer}: " + ", ".join(pairs) + ".")
-    evr = st.pca.explained_variance_ratio
-    lines.append(f"- PCA at layer {layer} (centred): PC1 explains {evr[0]:.1%}, PC2 {evr[1]:.1%}"
-                 if len(evr) > 1 else f"- PCA at layer {layer}: PC1 explains {evr[0]:.1%}")
-    lines[-1] += f"; |cos(PC1, CoT direction)| = {st.pca.pc1_abs_cos_with_mean_direction:.3f}."
-    return lines
+def token_set_numbers(result: TokenSetLens, seed: int) -> TokenSetNumbers:
+    """The headline numbers of a token-set lens (``seed``: the one its random directions came from)."""
+    ts = result.token_set
+    return TokenSetNumbers(
+        tokens={g: ts.members(g) for g in ts.groups},
+        dropped={d.text: f"{d.group}: {d.reason}" for d in ts.dropped},
+        n_random=result.n_random, quantiles=list(result.quantiles), seed=seed, d_vocab=result.d_vocab,
+        scores=_curves(result.group_scores, result.band("score"), ts.groups, 4),
+        ranks=_curves(result.group_ranks, result.band("rank"), ts.groups, 1),
+    )
 
 
-def _token_set_lines(ts: TokenSetNumbers, layer: str) -> list[str]:
-    band = f"random {ts.quantiles[0]:.0%}–{ts.quantiles[1]:.0%}"
-    i = int(layer)
-    parts = [f"{g} mean score {ts.scores[g].direction[i]:.2f} ({band}: {ts.scores[g].random_low[i]:.2f} to "
-             f"{ts.scores[g].random_high[i]:.2f}), rank (geometric mean) {ts.ranks[g].direction[i]:,.0f} of "
-             f"{ts.d_vocab:,} (random mean {ts.ranks[g].random_mean[i]:,.0f})" for g in ts.scores]
-    lines = [f"- Token-set lens, layer {layer}: " + "; ".join(parts) + "."]
-    above = [f"{g}: {_layers_text(ts.above_band(g)) if ts.above_band(g) else 'none'}" for g in ts.scores]
-    lines.append(f"- Layers where a group's mean score is above the random band: {'; '.join(above)}.")
-    if ts.dropped:
-        lines.append(f"- Token-set lens left out: {_fmt_tokens(list(ts.dropped), 12)} (reasons in `summary.json`).")
-    return lines
+def lens_numbers(lens: LensAnalysis, layers: Sequence[int] | None = None) -> LogitLensNumbers:
+    """Tokens each layer's direction promotes / suppresses beside the control (``layers``: default all), and
+    the token-set lens's numbers when it was computed."""
+    rows = list(range(lens.lens.n_layers)) if layers is None else list(layers)
+    return LogitLensNumbers(
+        norm_kind=lens.norm_kind, k=lens.k, control_seed=lens.seed,
+        top_tokens={str(layer): lens.lens.top_tokens[layer] for layer in rows},
+        bottom_tokens={str(layer): lens.lens.bottom_tokens[layer] for layer in rows},
+        control_top_tokens={str(layer): lens.control.top_tokens[layer] for layer in rows},
+        top_score_max=rounded(lens.lens.top_scores[:, 0].max(), 3),
+        control_top_score_max=rounded(lens.control.top_scores[:, 0].max(), 3),
+        top_overlap_with_control=rounded_list(lens.top_overlap, 2),
+        token_set=None if lens.token_set is None else token_set_numbers(lens.token_set, lens.seed),
+    )
 
 
-def headline_lines(numbers: HeadlineNumbers) -> list[str]:
-    """Markdown bullet lines with the key numbers (for a figures README)."""
-    st = numbers.structure
-    lines = _structure_lines(st) if st else []
-    ll = numbers.logit_lens
-    if ll:
-        layer = str(st.layer) if st else next(iter(ll.top_tokens))
-        if ll.token_set is not None:
-            lines += _token_set_lines(ll.token_set, layer)
-        lines.append(f"- Logit lens, layer {layer}, top tokens: {_fmt_tokens(ll.top_tokens[layer])}; "
-                     f"random control: {_fmt_tokens(ll.control_top_tokens[layer])}.")
-        lines.append(f"- Logit lens, layer {layer}, bottom tokens: {_fmt_tokens(ll.bottom_tokens[layer])}.")
-        last = list(ll.top_tokens)[-1]
-        if last != layer:
-            lines.append(f"- Logit lens, last layer ({last}), top tokens: {_fmt_tokens(ll.top_tokens[last])}; "
-                         f"random control: {_fmt_tokens(ll.control_top_tokens[last])}.")
-        lines.append(f"- Largest top-1 lens score over layers: {ll.top_score_max:.3f} "
-                     f"(random control: {ll.control_top_score_max:.3f}).")
-    tr = numbers.trace
-    if tr:
-        def proj(x: float | None) -> str:
-            return "n/a" if x is None else f"{x:.2f}"
+def trace_numbers(trace: TraceAnalysis) -> TraceNumbers:
+    """Length and mean projection of the CoT and the direct answer."""
+    styles = [TraceStyleNumbers(tr.n_response,
+                                rounded(tr.response_projections.mean()) if tr.response_projections.numel() else None,
+                                rounded(tr.prompt_projections[-1]), tr.response) for tr in (trace.cot, trace.direct)]
+    return TraceNumbers(trace.question, trace.layer, *styles)
 
-        lines.append(f"- Projection trace at layer {tr.layer}: mean projection over the response "
-                     f"{proj(tr.cot.mean_response_projection)} (CoT prompt, {tr.cot.n_response_tokens} tokens) vs "
-                     f"{proj(tr.direct.mean_response_projection)} (direct prompt, "
-                     f"{tr.direct.n_response_tokens} tokens).")
-    for ab in (numbers.ablation or {}).values():
-        parts = [f"{n}: {v['mean_tokens']:.1f} tokens, {v['cot_rate']:.0%} CoT style, "
-                 f"{v['repetitive_rate']:.0%} repetitive, {v['truncated_rate']:.0%} cut at {ab.max_new_tokens}"
-                 for n, v in ab.conditions.items()]
-        lines.append(f"- Ablation at {_layers_text(ab.layers)} ({ab.n_questions} CoT prompts): "
-                     + "; ".join(parts) + ".")
-    return lines
+
+def ablation_numbers(ablation: AblationAnalysis) -> AblationNumbers:
+    """One ablation's layers and per-condition means."""
+    result = ablation.result
+    return AblationNumbers(list(result.layers), len(result.question_ids), result.max_new_tokens, ablation.seed,
+                           {n: {k: rounded(v, 3) for k, v in c.items()} for n, c in result.summary().items()})
+
+
+def headline_numbers(analysis: VectorAnalysis) -> HeadlineNumbers:
+    """Every group's numbers (ablations keyed by their names, :func:`~lens_steer.analysis.paper.ablation_name`)."""
+    return HeadlineNumbers(
+        None if analysis.structure is None else structure_numbers(analysis.structure),
+        None if analysis.lens is None else lens_numbers(analysis.lens),
+        None if analysis.trace is None else trace_numbers(analysis.trace),
+        {a.name: ablation_numbers(a) for a in analysis.ablations}
+        if analysis.ablations else None,
+    )

@@ -1,48 +1,23 @@
 """The notebook's layer-probing widget: a prompt, layer and size sliders, mode, style and engine choices,
 and a Run button that shows the unsteered and steered answers side by side with their projection
-traces. :func:`probe_view` is the whole callback (tested without a browser); ipywidgets is imported
-only when :func:`probe_widget` builds the controls."""
+traces. Draws only: the Run button hands a :class:`~lens_steer.analysis.prompt_probe.ProbeRequest` to the
+``run`` callable it was given (``lens_steer.notebook.probe_widget`` binds it to a model) and shows
+:func:`probe_view` of the outcome. ipywidgets is imported only when a :class:`ProbeWidget` is built."""
 
 from __future__ import annotations
 
 import html
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from lens_steer.analysis.prompt_probe import ProbeInputError, PromptProbe, probe_prompt
-from lens_steer.engines.menu import EngineMenu, EngineUnavailableError, engine_menu
+from lens_steer.analysis.prompt_probe import SIZE_KINDS, ProbeOutcome, ProbeRequest, PromptProbe
 from lens_steer.viz.figures import TRACE_PROMPT_TOKENS
 from lens_steer.viz.plot_runs import plot_trace
 
-__all__ = ["ProbeRequest", "ProbeView", "ProbeWidget", "answers_html", "plot_prompt_probe", "probe_view",
-           "probe_widget"]
-
-SIZE_KINDS: tuple[str, ...] = ("scale", "coeff")
-"""How the size slider is read: a fraction of the layer's mean residual norm, or the raw coefficient c."""
-
-
-@dataclass(frozen=True)
-class ProbeRequest:
-    """What the widget's controls ask for.
-
-    Attributes:
-        prompt: Question text. layer: Steered block. size: The slider's value, read as ``size_kind``.
-        size_kind: ``"scale"`` or ``"coeff"`` (see :data:`SIZE_KINDS`). mode: ``"continuous"`` or
-        ``"single"``. style: Prompt style. engine: Engine name in the menu. trace_layer: Block the
-        traces read (None: the steered layer).
-    """
-
-    prompt: str
-    layer: int
-    size: float
-    size_kind: str = "scale"
-    mode: str = "continuous"
-    style: str = "direct"
-    engine: str = "bridge"
-    trace_layer: int | None = None
+__all__ = ["ProbeView", "ProbeWidget", "answers_html", "message_html", "plot_prompt_probe", "probe_view"]
 
 
 @dataclass(frozen=True)
@@ -96,32 +71,11 @@ def plot_prompt_probe(result: PromptProbe) -> go.Figure | None:
                       title=f"Projection onto the CoT direction at layer {result.trace_layer}: unsteered vs steered")
 
 
-def probe_view(model, vector, engines: EngineMenu, request: ProbeRequest, generation=None) -> ProbeView:
-    """Run one request (the widget's Run button): the answers and traces, or the one-line reason it cannot run.
-
-    Args:
-        model: A ``TransformerBridge`` (traces; the ``bridge`` engine).
-        vector: A ``SteeringVector``.
-        engines: The engines offered (:func:`~lens_steer.engines.menu.engine_menu`).
-        request: The controls' values.
-        generation: A :class:`~lens_steer.config.GenerationConfig`.
-
-    Returns:
-        A :class:`ProbeView`; ``message`` is set (and nothing ran) for bad input or an engine that
-        cannot start.
-    """
-    try:
-        if request.size_kind not in SIZE_KINDS:
-            raise ProbeInputError(f"unknown size kind {request.size_kind!r}; choose one of {', '.join(SIZE_KINDS)}")
-        coeff = request.size if request.size_kind == "coeff" else None
-        scale = request.size if request.size_kind == "scale" else None
-        engine = engines.get(request.engine)
-        result = probe_prompt(model, vector, request.prompt, request.layer, coeff, scale=scale,
-                              mode=request.mode, style=request.style, engine=engine, generation=generation,
-                              trace_layer=request.trace_layer)
-    except (ProbeInputError, EngineUnavailableError) as exc:
-        return ProbeView(message_html(str(exc)), None, message=str(exc))
-    return ProbeView(answers_html(result), plot_prompt_probe(result), result=result)
+def probe_view(outcome: ProbeOutcome) -> ProbeView:
+    """What the widget shows for an outcome: the answers and traces, or the one-line reason it did not run."""
+    if outcome.result is None:
+        return ProbeView(message_html(outcome.message), None, message=outcome.message)
+    return ProbeView(answers_html(outcome.result), plot_prompt_probe(outcome.result), result=outcome.result)
 
 
 def _figure_output(fig: go.Figure) -> dict:
@@ -135,21 +89,27 @@ def _figure_output(fig: go.Figure) -> dict:
 class ProbeWidget:
     """The controls, the Run button and the output areas; shown by displaying it (or its ``ui``).
 
-    Built by :func:`probe_widget`. ``run()`` is the button's handler and returns the :class:`ProbeView`
-    it showed (also kept as ``view``).
+    ``run()`` is the button's handler: it hands the controls' :class:`~lens_steer.analysis.prompt_probe.ProbeRequest`
+    to the ``run`` callable given and returns the :class:`ProbeView` it showed (also kept as ``view``).
+    ``lens_steer.notebook.probe_widget(model, vector)`` builds one on a model.
+
+    Args:
+        run: Answers a request (e.g. :func:`~lens_steer.analysis.prompt_probe.probe_request` bound to a model).
+        vector: The ``SteeringVector`` (for the scale <-> coefficient conversion; a tensor offers coefficients only).
+        n_layers: The model's depth. engine_names: The engines offered. modes: The steering modes offered.
+        layer / prompt / size / size_kind / style: The controls' initial values. max_coeff: The coefficient range.
     """
 
-    def __init__(self, model, vector, engines: EngineMenu, generation, *, layer: int, prompt: str, size: float,
+    def __init__(self, run: Callable[[ProbeRequest], ProbeOutcome], vector, *, n_layers: int,
+                 engine_names: Sequence[str], modes: Sequence[str], layer: int, prompt: str, size: float,
                  size_kind: str, style: str, max_coeff: float) -> None:
         import ipywidgets as w
 
-        from lens_steer.engines.base import STEER_MODES
         from lens_steer.prompts import PROMPT_STYLES
 
-        self.model, self.vector, self.engines, self.generation = model, vector, engines, generation
+        self._run, self.vector = run, vector
         self.max_coeff = max_coeff
         self.view: ProbeView | None = None
-        n_layers = int(model.cfg.n_layers)
         wide = w.Layout(width="95%")
         self.prompt = w.Textarea(value=prompt, placeholder="a question", description="prompt", layout=wide)
         self.layer = w.IntSlider(value=layer, min=0, max=n_layers - 1, description="layer")
@@ -161,9 +121,9 @@ class ProbeWidget:
         self.size = w.FloatSlider(description=size_kind)
         self._set_range(size_kind, size)
         self.size_kind.observe(self._kind_changed, names="value")
-        self.mode = w.ToggleButtons(options=list(STEER_MODES), value="continuous", description="mode")
+        self.mode = w.ToggleButtons(options=list(modes), value="continuous", description="mode")
         self.style = w.Dropdown(options=list(PROMPT_STYLES), value=style, description="prompt style")
-        self.engine = w.Dropdown(options=engines.names, value=engines.names[0], description="engine")
+        self.engine = w.Dropdown(options=list(engine_names), value=engine_names[0], description="engine")
         self.button = w.Button(description="Run", button_style="primary")
         self.button.on_click(self.run)
         self.answers = w.HTML()
@@ -206,7 +166,7 @@ class ProbeWidget:
         self.answers.value = "<i>running...</i>"
         self.button.disabled = True
         try:
-            view = probe_view(self.model, self.vector, self.engines, self.request(), self.generation)
+            view = probe_view(self._run(self.request()))
         except Exception as exc:  # a bug, not bad input: say so in the widget, then let it propagate
             self.answers.value = message_html(f"failed: {type(exc).__name__}: {str(exc)[:300]}")
             raise
@@ -219,52 +179,3 @@ class ProbeWidget:
 
     def _repr_mimebundle_(self, **kwargs):
         return self.ui._repr_mimebundle_(**kwargs)
-
-
-def probe_widget(
-    model,
-    vector,
-    *,
-    engines: EngineMenu | Mapping | None = None,
-    model_name: str | None = None,
-    generation=None,
-    layer: int | None = None,
-    prompt: str = "",
-    scale: float = 0.3,
-    coeff: float | None = None,
-    style: str = "direct",
-    max_coeff: float | None = None,
-) -> ProbeWidget:
-    """Build the layer-probing widget; display the returned object (last expression of a cell).
-
-    Args:
-        model: A ``TransformerBridge``.
-        vector: A ``SteeringVector``.
-        engines: An :class:`~lens_steer.engines.menu.EngineMenu` or a name -> engine (or factory) mapping;
-            default: the bridge, and vLLM built when first chosen (:func:`~lens_steer.engines.menu.engine_menu`).
-        model_name: What the default vLLM entry loads (default: the name the bridge was loaded from).
-        generation: A :class:`~lens_steer.config.GenerationConfig`.
-        layer: Initial layer (default: the middle block).
-        prompt: Initial prompt text.
-        scale: Initial size as a fraction of the residual norm (ignored when ``coeff`` is given).
-        coeff: Initial raw coefficient instead of a scale (always so for a vector without residual norms).
-        style: Initial prompt style.
-        max_coeff: Range of the coefficient slider (default: scale 1 at the initial layer, else 10).
-
-    Returns:
-        A :class:`ProbeWidget`.
-    """
-    n_layers = int(model.cfg.n_layers)
-    layer = n_layers // 2 if layer is None else layer
-    if engines is None:
-        engines = engine_menu(model, model_name)
-    elif not isinstance(engines, EngineMenu):
-        engines = EngineMenu(engines)
-    has_norms = getattr(vector, "resid_norm", None) is not None
-    if max_coeff is None:
-        unit = vector.coeff_for_scale(layer, 1.0) if has_norms and 0 <= layer < n_layers else float("nan")
-        max_coeff = float(math.ceil(unit)) if math.isfinite(unit) and unit > 0 else 10.0
-    kind = "coeff" if coeff is not None or not has_norms else "scale"
-    size = coeff if coeff is not None else (scale if has_norms else 0.0)
-    return ProbeWidget(model, vector, engines, generation, layer=layer, prompt=prompt, size=float(size),
-                       size_kind=kind, style=style, max_coeff=max_coeff)

@@ -133,8 +133,8 @@ def _settings(run: RunRecord) -> list[str]:
     st = run.settings
     gen, data, vec, model = st.generation, st.data, st.vector, st.model
     lines = [
-        f"- Model: `{model.get('model_id')}` ({model.get('n_layers')} layers, d_model {model.get('d_model')}, "
-        f"fingerprint `{model.get('fingerprint')}`), dtype {st.dtype}.",
+        f"- Model: `{model.model_id}` ({model.n_layers} layers, d_model {model.d_model}, "
+        f"fingerprint `{model.fingerprint}`), dtype {st.dtype}.",
     ]
     if vec:
         lines.append(f"- Steering vector: `{shown_path(vec.path)}` (corpus hash `{str(vec.corpus_hash)[:16]}`, "
@@ -144,8 +144,8 @@ def _settings(run: RunRecord) -> list[str]:
         f"limit {data.limit} per benchmark"
         + (f", {data.task_limit} per AGIEval task" if data.task_limit else "")
         + f" (seeded subsample, seed {data.seed}); data from `{shown_path(data.source)}`.",
-        f"- Generation: greedy={not gen.get('do_sample')}, max_new_tokens {gen.get('max_new_tokens')}, "
-        f"batch size {gen.get('batch_size')}, KV cache {gen.get('use_cache')}, seed {gen.get('seed')}; "
+        f"- Generation: greedy={not gen.do_sample}, max_new_tokens {gen.max_new_tokens}, "
+        f"batch size {gen.batch_size}, KV cache {gen.use_cache}, seed {gen.seed}; "
         f"chunks of {st.chunk_size} items.",
         f"- Prompts: direct suffix “{_suffix(st, 'direct')}”, CoT suffix “{_suffix(st, 'cot')}”, "
         f"inside the model's chat template; steered conditions use the direct prompt.",
@@ -154,7 +154,7 @@ def _settings(run: RunRecord) -> list[str]:
 
 
 def _suffix(settings, style: str) -> str:
-    text = (settings.template or {}).get(style, "")
+    text = getattr(settings.template, style, "")
     return text.replace("{question}\n", "").replace("{question}", "").strip()
 
 
@@ -168,8 +168,8 @@ def _sweep_section(run: RunRecord, summary: Sequence[SummaryRow], best: Mapping[
         "## Grid search (dev subset)",
         "",
         f"Benchmarks {', '.join(f'`{b}`' for b in data.benchmarks)} (limit {data.limit} each, "
-        f"seed {data.seed}), max_new_tokens {st.generation.get('max_new_tokens')}; "
-        f"{len([c for c in conds if c.get('mode')])} steered cells. Columns are the steering size as a fraction of the "
+        f"seed {data.seed}), max_new_tokens {st.generation.max_new_tokens}; "
+        f"{len([c for c in conds if c.steered])} steered cells. Columns are the steering size as a fraction of the "
         "mean residual-stream norm at that layer (`scale`; the absolute coefficient differs per layer). "
         f"Cells: accuracy % / CoT-style % pooled over the dev benchmarks (`{top}`).",
         "",
@@ -337,19 +337,19 @@ def results_markdown(
     lines += ["", "## Settings", ""]
     lines += _settings(eval_run)
     if vector_config:
-        gen = vector_config.generation or {}
-        stats = vector_config.stats or {}
+        gen = vector_config.generation
+        stats = vector_config.stats
         lines.append(
             f"- The vector was derived on {len(vector_config.question_ids)} questions of the paper's corpus "
             f"mix (sources: {', '.join(sorted(set(vector_config.question_sources)))}), "
-            f"max_new_tokens {gen.get('max_new_tokens')}, averaging the residual stream over the "
+            f"max_new_tokens {gen.max_new_tokens if gen is not None else None}, averaging the residual stream over the "
             f"{vector_config.positions or '?'} tokens"
-            + (f"; mean response length {stats['mean_tokens_cot']:.0f} tokens (CoT) vs {stats['mean_tokens_direct']:.0f} "
-               "(direct)" if "mean_tokens_cot" in stats and "mean_tokens_direct" in stats else "") + ".")
-    conds = [c for c in eval_run.conditions if c.get("mode")]
+            + (f"; mean response length {stats.mean_tokens_cot:.0f} tokens (CoT) vs {stats.mean_tokens_direct:.0f} "
+               "(direct)" if stats.mean_tokens_cot is not None and stats.mean_tokens_direct is not None else "") + ".")
+    conds = [c for c in eval_run.conditions if c.steered]
     for c in conds:
-        lines.append(f"- `{c['name']}`: layer {c['layer']}, c = {c['coeff']:.4g}"
-                     + (f" (scale {c['scale']:.3g} × mean residual norm)" if c.get("scale") is not None else "") + ".")
+        lines.append(f"- `{c.name}`: layer {c.layer}, c = {c.coeff:.4g}"
+                     + (f" (scale {c.scale:.3g} × mean residual norm)" if c.scale is not None else "") + ".")
     lines += ["", "## Wall time", ""]
     lines += _wall(eval_run, eval_summary)
     lines.append("")

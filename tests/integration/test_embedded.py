@@ -62,7 +62,7 @@ def test_vector_shapes_and_determinism(smol, vector):
     assert torch.equal(again.directions, vector.directions)
     rel = vector.relative_norms()
     assert torch.isfinite(rel).all() and (rel > 0).all() and (rel < 1).all()
-    assert vector.metadata.stats["mean_tokens_cot"] > vector.metadata.stats["mean_tokens_direct"]
+    assert vector.metadata.stats.mean_tokens_cot > vector.metadata.stats.mean_tokens_direct
 
 
 def test_steering_changes_direct_answers(smol, vector):

@@ -28,9 +28,9 @@ def test_derivation_bit_identical_to_bridge_path(smol):
     default = derive_cot_vector(smol, QUESTIONS, generation=CFG, progress=False)  # SDPA
     assert [r["response"] for r in fast.responses] == [r["response"] for r in slow.responses]
     assert torch.equal(fast.directions, slow.directions)
-    assert fast.metadata.generation["attention"] == "eager"
-    assert slow.metadata.generation["attention"] == "eager (bridge path)"
-    assert default.metadata.generation["attention"] == "sdpa"
+    assert fast.metadata.attention == "eager"
+    assert slow.metadata.attention == "eager (bridge path)"
+    assert default.metadata.attention == "sdpa"
     assert [r["response"] for r in default.responses] == [r["response"] for r in slow.responses]
     rel = (default.directions - slow.directions).norm(dim=-1) / slow.directions.norm(dim=-1)
     assert float(rel.max()) < 1e-5  # float rounding (residual entries reach hundreds late in the stack)

@@ -69,7 +69,7 @@ def test_steering_vectors_trained_vector_imports(smol, peer_model, pairs, prompt
 
     trained = train_steering_vector(peer_model, smol.tokenizer, pairs, layers=[LAYER - 3, LAYER])
     imported = import_vector(trained, smol)
-    assert imported.metadata.stats["imported"]["layers"] == [LAYER - 3, LAYER]
+    assert list(imported.metadata.stats.imported.layers) == [LAYER - 3, LAYER]
 
     def logits(ids):
         with trained.apply(peer_model, multiplier=3.0):
@@ -115,7 +115,7 @@ def test_repeng_trained_vector_imports(smol, peer_model, pairs, prompts, tmp_pat
                                   batch_size=4)
     trained.export_gguf(str(tmp_path / "repeng.gguf"))
     imported = import_vector(tmp_path / "repeng.gguf", smol)
-    assert imported.metadata.stats["imported"]["model_hint"] == "llama"
+    assert imported.metadata.stats.imported.details["model_hint"] == "llama"
     model = ControlModel(base, [LAYER])
     model.set_control(trained, 4.0)
     worst, moved = _compare(smol, imported, LAYER, 4.0, prompts, lambda ids: all_logits(model, ids))

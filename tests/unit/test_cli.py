@@ -29,7 +29,7 @@ def test_derive_writes_vector(vector_dir):
     vec = SteeringVector.load(vector_dir)
     assert vec.directions.shape == (4, 64)
     assert vec.metadata.question_ids[0] == "one"
-    assert vec.metadata.generation["max_new_tokens"] == 6
+    assert vec.metadata.generation.max_new_tokens == 6
     assert (vector_dir / "responses.jsonl").is_file()
 
 

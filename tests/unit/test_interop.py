@@ -3,6 +3,8 @@ the layer convention, and one-line refusals. (The readers themselves run in test
 
 from __future__ import annotations
 
+import math
+import os
 import struct
 from pathlib import Path
 
@@ -65,7 +67,7 @@ def test_gguf_round_trip_and_steer(tiny, vector, tmp_path):
     back = import_vector(tmp_path / "v.gguf", tiny)
     assert torch.equal(back.directions[2], vector.directions[2])
     assert back.directions[[0, 1, 3]].abs().sum() == 0
-    assert back.per_question is None and back.metadata.stats["imported"]["layers"] == [2]
+    assert back.per_question is None and back.metadata.stats.imported.layers == (2,)
     assert "imported from gguf" in back.summary()
     tokens = torch.tensor([[5, 6, 7, 8]])
     with steer(tiny, vector, 2, 3.0):
@@ -184,7 +186,7 @@ def test_objects_duck_typed(tiny):
 
     assert torch.equal(import_vector(PeerSV(), tiny).directions[1], torch.ones(64))
     v = import_vector(ControlVector(), tiny)
-    assert v.metadata.stats["imported"]["format"] == "repeng" and float(v.directions[2].sum()) == 32.0
+    assert v.metadata.stats.imported.format == "repeng" and float(v.directions[2].sum()) == 32.0
     with pytest.raises(TypeError, match="steering-vectors SteeringVector or a repeng ControlVector"):
         import_vector(object(), tiny)
 
@@ -226,3 +228,105 @@ def test_analyses_run_on_an_imported_vector(tiny, vector, tmp_path):
     lens = direction_logit_lens(back.directions, W_U, b_U, k=3)
     ref = direction_logit_lens(vector.directions, W_U, b_U, k=3)
     assert torch.equal(lens.top_ids[1:3], ref.top_ids[1:3])
+
+
+def test_export_refuses_a_coefficient_whose_product_overflows_float32(vector, tmp_path):
+    with pytest.raises(ValueError, match=r"coefficient 1e\+39 is too large for float32"):
+        export_vector(vector, tmp_path / "a.gguf", "gguf", coeff=1e39)
+    big = SteeringVector(directions=vector.directions * 1000, metadata=vector.metadata)
+    coeff = 2 * torch.finfo(torch.float32).max / big.directions.abs().max().item()  # finite, but c*v is not
+    assert math.isfinite(float(torch.tensor(coeff, dtype=torch.float32)))
+    for fmt in ("gguf", "lm-eval", "steering-vectors"):
+        with pytest.raises(ValueError, match=r"times the direction at layer \d .* overflows float32"):
+            export_vector(big, tmp_path / "a.out", fmt, coeff=coeff)
+    with pytest.raises(ValueError, match="no layers given"):
+        export_vector(vector, tmp_path / "a.gguf", "gguf", layers=[])
+    with pytest.raises(ValueError, match="gives 'layers.5' for both layer 1 and layer 2"):
+        export_vector(vector, tmp_path / "a.pt", "lm-eval", layers=[1, 2], hookpoint="layers.5")
+    with pytest.raises(ValueError, match="hookpoint template 'layers.{n}' is not valid"):
+        export_vector(vector, tmp_path / "a.pt", "lm-eval", hookpoint="layers.{n}")
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_never_writes_into_its_input_and_replaces_a_file_only_when_asked(vector, tmp_path):
+    vdir = Path(vector.source.path)
+    before = {p.name: p.read_bytes() for p in vdir.iterdir()}
+    hard, soft = tmp_path / "hard.gguf", tmp_path / "soft.gguf"
+    os.link(vdir / "vector.safetensors", hard)
+    soft.symlink_to(vdir / "config.json")
+    for out in (vdir / "vector.safetensors", vdir / "config.json", vdir / "new.gguf", hard, soft):
+        for overwrite in (False, True):
+            with pytest.raises(ValueError, match="in the input vector's directory"):
+                export_vector(vector, out, "gguf", overwrite=overwrite)
+    assert {p.name: p.read_bytes() for p in vdir.iterdir()} == before
+    (tmp_path / "d").mkdir()
+    for out in (tmp_path / "d", Path(".")):
+        with pytest.raises(ValueError, match="is a directory: name the file to write"):
+            export_vector(vector, out, "gguf")
+    existing = tmp_path / "old.gguf"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(ValueError, match="old.gguf exists; not overwriting it"):
+        export_vector(vector, existing, "gguf")
+    assert existing.read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "hard.gguf", "old.gguf", "soft.gguf"]  # no .tmp
+    export_vector(vector, existing, "gguf", overwrite=True)
+    assert read_gguf(existing).directions.keys() == {1, 2, 3}
+
+
+def test_cli_export_refusals_are_one_line(vector, tmp_path, capsys):
+    vdir = Path(vector.source.path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "old.gguf").write_bytes(b"keep me")
+    cases = [(["--coeff", "1e39"], "coefficient 1e+39 is too large for float32"),
+             (["--layers", ""], "--layers '' names no layer"),
+             (["--layers", "1,x"], "--layers '1,x': give layer numbers separated by commas"),
+             (["--out", str(tmp_path / "d")], "d is a directory: name the file to write"),
+             (["--out", str(vdir / "vector.safetensors"), "--force"], "in the input vector's directory"),
+             (["--out", str(tmp_path / "old.gguf")], "old.gguf exists; not overwriting it (pass --force")]
+    for extra, message in cases:
+        argv = ["export", "--vector", str(vdir), "--format", "gguf", "--out", str(tmp_path / "new.gguf"), *extra]
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("lens-steer export: error: ") and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "old.gguf"]
+    assert main(["export", "--vector", str(vdir), "--format", "gguf", "--out", str(tmp_path / "old.gguf"),
+                 "--force"]) == 0
+    assert read_gguf(tmp_path / "old.gguf").directions.keys() == {1, 2, 3}
+
+
+def _lm_eval_entry(vector, coeff=..., action="add"):
+    entry = {"steering_vector": vector, "action": action, "bias": None}
+    if coeff is not ...:
+        entry["steering_coefficient"] = coeff
+    return entry
+
+
+def test_lm_eval_coefficient_is_read_as_lm_eval_reads_it(vector, tiny_dir, tmp_path, capsys):
+    info = model_info_of(vector)
+    v = torch.linspace(-1, 1, 64)
+    torch.save({"layers.1": _lm_eval_entry(v)}, tmp_path / "missing.pt")  # lm-eval: a missing coefficient is 1.0
+    assert torch.equal(import_vector(tmp_path / "missing.pt", info).directions[1], v)
+    torch.save({"layers.1": _lm_eval_entry(v, "2.5")}, tmp_path / "text.pt")  # float("2.5"), as lm-eval
+    assert torch.equal(import_vector(tmp_path / "text.pt", info).directions[1], 2.5 * v)
+    torch.save({"layers.1": _lm_eval_entry(v, None)}, tmp_path / "null.pt")
+    with pytest.raises(VectorFileError, match="hookpoint 'layers.1': steering_coefficient is null"):
+        import_vector(tmp_path / "null.pt", info)
+    torch.save({"layers.1": _lm_eval_entry(v, "big")}, tmp_path / "word.pt")
+    with pytest.raises(VectorFileError, match="steering_coefficient 'big' is not a number"):
+        import_vector(tmp_path / "word.pt", info)
+    assert main(["import", "--from", str(tmp_path / "null.pt"), "--model", str(tiny_dir), "--out",
+                 str(tmp_path / "imp")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "steering_coefficient is null" in err and not (tmp_path / "imp").exists()
+
+
+def test_two_sources_for_one_layer_are_refused(vector, tmp_path):
+    info = model_info_of(vector)
+    v = torch.ones(64)
+    torch.save({"layers.1": _lm_eval_entry(v, 1.0), "model.layers.1": _lm_eval_entry(2 * v, 1.0)},
+               tmp_path / "two.pt")
+    with pytest.raises(VectorFileError, match="hookpoints 'layers.1' and 'model.layers.1' both name layer 1"):
+        import_vector(tmp_path / "two.pt", info)
+    _write_gguf(tmp_path / "two.gguf", {"direction.3": [1.0] * 64, "direction.03": [2.0] * 64})
+    with pytest.raises(VectorFileError, match="two tensors name layer 3"):
+        read_gguf(tmp_path / "two.gguf")

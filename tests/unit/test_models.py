@@ -119,3 +119,73 @@ def test_unreachable_hub_fails_in_seconds(unreachable_hub):
     with pytest.raises(ModelLoadError, match="the hub is unreachable") as info:
         load_model("no-such-org/no-such-model-xyz")
     assert time.perf_counter() - start < 15 and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- named offline models
+def _fake_split_model(tmp_path, monkeypatch, payload=(b"GGUF-part-one|", b"part-two")):
+    """A named model split over two installed 'packages' made in tmp_path (no model inside: the file logic only)."""
+    import hashlib
+    import sys
+
+    from lens_steer.models import files
+
+    for i, blob in enumerate(payload, 1):
+        pkg = tmp_path / "site" / f"fakepart{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "data" / f"part{i:02d}.bin").write_bytes(blob)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in ("fakepart1", "fakepart2"):
+        sys.modules.pop(name, None)
+    whole = b"".join(payload)
+    model = files.NamedModel("fake-split", "a fake split model", "MIT", "tests",
+                             (("fake-part1", "fakepart1/data/part01.bin"), ("fake-part2", "fakepart2/data/part02.bin")),
+                             "fake.gguf", "pip install fake-part1 fake-part2", size=len(whole),
+                             sha256=hashlib.sha256(whole).hexdigest(), aliases=("fake",))
+    monkeypatch.setitem(files.NAMED_MODELS, model.name, model)
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path / "cache"))
+    return model, whole
+
+
+def test_a_split_named_model_is_assembled_once_and_checked(tmp_path, monkeypatch):
+    from lens_steer.models.files import named_gguf_path, named_model
+
+    model, whole = _fake_split_model(tmp_path, monkeypatch)
+    assert named_model("fake") is model and named_model("qwen2.5-coder-0.5b").name == "qwen2.5-coder-0.5b-instruct"
+    path = named_gguf_path("fake")
+    assert path == tmp_path / "cache" / "gguf" / "fake.gguf" and path.read_bytes() == whole
+    mtime = path.stat().st_mtime_ns
+    assert named_gguf_path("fake-split").stat().st_mtime_ns == mtime  # assembled once
+    assert [p.name for p in path.parent.iterdir()] == ["fake.gguf"]  # no temporary file left
+
+
+def test_a_split_named_model_with_a_wrong_part_is_refused(tmp_path, monkeypatch):
+    from lens_steer.models.files import ModelLoadError, named_gguf_path
+
+    model, _ = _fake_split_model(tmp_path, monkeypatch, payload=(b"GGUF-part-one|", b"part-TWO"))
+    monkeypatch.setitem(__import__("lens_steer.models.files", fromlist=["x"]).NAMED_MODELS, model.name,
+                        __import__("dataclasses").replace(model, sha256="0" * 64))
+    with pytest.raises(ModelLoadError, match=r"assemble to 22 bytes with sha256 .*not the expected.*reinstall them"):
+        named_gguf_path("fake")
+    assert not (tmp_path / "cache" / "gguf" / "fake.gguf").exists()
+    assert list((tmp_path / "cache" / "gguf").iterdir()) == []
+
+
+def test_a_missing_part_is_one_line_saying_what_to_install(tmp_path, monkeypatch, capsys):
+    from lens_steer.cli import main
+
+    _fake_split_model(tmp_path, monkeypatch)
+    (tmp_path / "site" / "fakepart2" / "data" / "part02.bin").unlink()
+    code = main(["generate", "--model", "fake", "--prompt", "hi", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "the model 'fake-split' needs the package fake-part2: pip install fake-part1 fake-part2" in err[0]
+
+
+def test_named_models_are_listed_in_help(capsys):
+    from lens_steer.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "qwen2.5-coder-0.5b-instruct" in out and "smollm2-135m-instruct" in out

@@ -6,6 +6,7 @@ simulated ENOSPC) giving one line and exit 2, and a rerun after freeing space re
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -222,3 +223,155 @@ def test_a_full_disk_gives_one_line_and_a_rerun_recovers(tiny_dir, vector_dir, t
     finally:
         if mounted:
             subprocess.run(["umount", str(mnt)], check=False)
+
+
+def _unprivileged(tmp_path: Path) -> list[str]:
+    """A command prefix under which file permissions hold: as root, ``setpriv`` drops CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH (what a non-root user lacks); skipped where that cannot be done."""
+    if os.geteuid() != 0:
+        return []
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    probe.chmod(0)
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    if shutil.which("setpriv") is None or subprocess.run([*prefix, "cat", str(probe)],
+                                                         capture_output=True).returncode == 0:
+        pytest.skip("cannot drop root's file-permission override here (no setpriv)")
+    return prefix
+
+
+def test_unreadable_inputs_give_one_line_naming_the_file(tiny_dir, vector_dir, questions, tmp_path):
+    prefix = _unprivileged(tmp_path)
+    qfile = tmp_path / "q.jsonl"
+    shutil.copy(questions, qfile)
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    shutil.copy(questions, closed / "q.jsonl")
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    tensors, config = tmp_path / "vt", tmp_path / "vc"
+    shutil.copytree(vector_dir, tensors)
+    shutil.copytree(vector_dir, config)
+    gguf_file = tmp_path / "x.gguf"
+    assert main(["export", "--vector", str(vector_dir), "--format", "gguf", "--out", str(gguf_file)]) == 0
+    for path in (qfile, closed, data / "gsm8k" / "test.jsonl", tensors / "vector.safetensors",
+                 config / "config.json", gguf_file):
+        path.chmod(0)
+    derive = ["derive", "--model", str(tiny_dir), "--out", str(tmp_path / "v"), "--no-progress", "--questions"]
+    cases = [
+        ([*derive, str(qfile)], f"cannot read {qfile}: Permission denied"),
+        ([*derive, str(closed / "q.jsonl")], f"cannot read {closed / 'q.jsonl'}: Permission denied"),
+        (["eval", "--model", str(tiny_dir), "--data-dir", str(data), "--benchmarks", "gsm8k", "--limit", "2",
+          "--conditions", "direct", "--no-progress", "--out", str(tmp_path / "run")],
+         f"cannot read {data / 'gsm8k' / 'test.jsonl'}: Permission denied"),
+        (["export", "--vector", str(tensors), "--format", "gguf", "--out", str(tmp_path / "a.gguf")],
+         f"cannot read {tensors / 'vector.safetensors'}: Permission denied"),
+        (["info", str(config)], f"cannot read {config / 'config.json'}: Permission denied"),
+        (["import", "--from", str(gguf_file), "--model", str(tiny_dir), "--out", str(tmp_path / "imp")],
+         f"cannot read {gguf_file}: Permission denied"),
+    ]
+    script = ("import contextlib, io, json, sys\nfrom lens_steer.cli import main\nout = []\n"
+              "for argv in json.loads(sys.argv[1]):\n    err = io.StringIO()\n"
+              "    with contextlib.redirect_stderr(err):\n        rc = main(argv)\n"
+              "    out.append([rc, err.getvalue()])\nprint(json.dumps(out))")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*prefix, sys.executable, "-c", script, json.dumps([argv for argv, _ in cases])],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for (argv, message), (rc, err) in zip(cases, json.loads(proc.stdout), strict=True):
+        assert rc == 2 and "Traceback" not in err, (argv, err)
+        assert _errors(err) == [f"lens-steer {argv[0]}: error: {message}"], err
+    assert not (tmp_path / "run" / "items.jsonl").exists() and not (tmp_path / "imp").exists()
+
+
+def _fill(path: Path) -> None:
+    """Append to ``path`` until the file system is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        with pytest.raises(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+        with contextlib.suppress(OSError):  # and the last part-page
+            while True:
+                os.write(fd, b"\0")
+    finally:
+        os.close(fd)
+
+
+def test_a_disk_filling_up_during_an_eval_gives_the_same_one_line_and_a_rerun_recovers(tiny_dir, vector_dir,
+                                                                                       tmp_path, capsys):
+    full = tmp_path / "full"
+    assert main(_eval_args("eval", tiny_dir, vector_dir, full)) == 0
+    mnt = tmp_path / "mnt"
+    if not _small_tmpfs(mnt):
+        pytest.skip("cannot mount a small tmpfs here (the lock's own ENOSPC is simulated in test_storage)")
+    out = mnt / "run"
+    try:
+        proc = _spawn(_eval_args("eval", tiny_dir, vector_dir, out))
+
+        end = time.monotonic() + 120
+        while _lines(out / "items.jsonl") < 2:  # a few rows in: now the disk fills up
+            assert proc.poll() is None, "the eval finished before the disk filled"
+            assert time.monotonic() < end, "the eval never wrote its first rows"
+            time.sleep(0.01)
+        _fill(mnt / "filler")
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, err  # stopped by the full disk mid-run
+        errors = _errors(err)
+        assert len(errors) == 1 and "No space left on device" in errors[0] and str(out) in errors[0], err
+        _fill(mnt / "filler")  # what the failed run freed (its temporaries) is taken again
+        capsys.readouterr()
+        assert main(_eval_args("eval", tiny_dir, vector_dir, out)) == 2  # still full: refused at the lock
+        errors = _errors(capsys.readouterr().err)
+        assert errors == [f"lens-steer eval: error: cannot write {mnt / '.run.lock'} (the lock of {out}): "
+                          "No space left on device"]
+        assert not (mnt / ".run.lock").exists()
+        (mnt / "filler").unlink()
+        assert main(_eval_args("eval", tiny_dir, vector_dir, out)) == 0
+        assert _rows(out) == _rows(full)
+        assert not [p for p in mnt.rglob("*.tmp")]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_kill_9_while_derive_swaps_in_the_vector_leaves_nothing_after_the_next_derive(tiny_dir, questions,
+                                                                                      vector_dir, tmp_path, capsys):
+    out = tmp_path / "v"
+    shutil.copytree(vector_dir, out)
+    stall = ("import sys, time\nfrom lens_steer import storage\nexchange = storage._exchange\n"
+             "def stalled(a, b):\n    print('swapping', flush=True)\n    time.sleep(120)\n    return exchange(a, b)\n"
+             "storage._exchange = stalled\nfrom lens_steer.cli import main\nsys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", stall, *_derive_args(tiny_dir, questions, out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:  # the new vector is complete beside the old one, about to take its place
+        if line.strip() == "swapping":
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = tmp_path / f".v.new-{proc.pid}"
+    assert (left / "config.json").is_file() and (left / "vector.safetensors").is_file()
+    assert SteeringVector.load(out) is not None  # the old vector, whole
+    capsys.readouterr()
+    assert main(_derive_args(tiny_dir, questions, out)) == 0
+    err = capsys.readouterr().err
+    assert f"took over the lock of pid {proc.pid}" in err
+    assert f"removed what it left unfinished: .v.new-{proc.pid}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
+    # the same derivation (other thread counts round differently in the last digit)
+    torch.testing.assert_close(SteeringVector.load(out).directions, SteeringVector.load(vector_dir).directions)
+
+
+def test_generate_refuses_steering_settings_without_a_vector(tiny_dir, tmp_path, capsys):
+    base = ["generate", "--model", str(tiny_dir), "--prompt", "hi", "--max-new-tokens", "2", "--no-progress"]
+    cases = [(["--layer", "1", "--coeff", "1"], "--layer, --coeff steer only with --vector: give --vector DIR, or "
+                                                "leave them out for unsteered generation"),
+             (["--mode", "single"], "--mode steer only with --vector: give --vector DIR, or leave it out for "
+                                    "unsteered generation"),
+             (["--out", str(tmp_path)], f"--out {tmp_path} is a directory: name the JSONL file to write")]
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2
+        assert _errors(capsys.readouterr().err) == [f"lens-steer generate: error: {message}"]
+    assert main([*base, "--out", str(tmp_path / "new" / "g.jsonl")]) == 0
+    row = json.loads((tmp_path / "new" / "g.jsonl").read_text())
+    assert row["vector"] is None and row["layer"] is None and row["coeff"] is None and row["mode"] is None

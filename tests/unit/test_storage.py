@@ -8,6 +8,7 @@ import json
 import math
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,13 +35,28 @@ def test_atomic_write_replaces_whole_and_leaves_no_temporary_on_failure(tmp_path
 
 
 def test_permission_errors_name_the_path(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root ignores file permissions")
+    import shutil
+    import subprocess
+    import sys
+
     d = tmp_path / "ro"
     d.mkdir()
+    (d / "secret").write_text("s")
+    (d / "secret").chmod(0)
     d.chmod(0o500)
-    with pytest.raises(StorageError, match=f"cannot write {d}"):
-        atomic_write(d / "x", "y")
+    prefix = []
+    if os.geteuid() == 0:  # root ignores file permissions unless it drops the override, as setpriv does
+        if shutil.which("setpriv") is None:
+            pytest.skip("root ignores file permissions here (no setpriv)")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    probe = ("import sys\nfrom lens_steer.storage import StorageError, atomic_write, read_bytes\n"
+             "for call in (lambda: atomic_write(sys.argv[1] + '/x', 'y'), lambda: read_bytes(sys.argv[1] + '/secret')):\n"
+             "    try:\n        call()\n    except StorageError as e:\n        print(e)")
+    out = subprocess.run([*prefix, sys.executable, "-c", probe, str(d)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert out.stdout.splitlines() == [f"cannot write {d / 'x'}: Permission denied",
+                                       f"cannot read {d / 'secret'}: Permission denied"], out.stderr
+    assert sorted(p.name for p in d.iterdir()) == ["secret"]  # no temporary left
 
 
 def test_json_never_holds_nan_or_infinity():
@@ -182,3 +198,82 @@ def test_info_refuses_an_all_nan_vector(tmp_path, capsys):
     assert main(["info", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "NaN or infinite" in err[0]
+
+
+def test_a_dead_holders_leftovers_are_removed_by_the_next_holder_and_nothing_else(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "v"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import os, time\nfrom pathlib import Path\nfrom lens_steer import storage\n"
+        f"out = Path({str(out)!r})\n"
+        "storage.DirLock(out, 'doomed').__enter__()\n"
+        "(out / 'checkpoint').mkdir(parents=True)\n"
+        "new = storage.temp_dir_beside(out)\n"  # a complete new copy, about to be swapped in
+        "(new / 'config.json').write_text('{}')\n"
+        "(out.parent / f'.v.old-{os.getpid()}').mkdir()\n"
+        "(out / 'checkpoint' / f'.chunk-1.safetensors.{os.getpid()}.tmp').write_text('half')\n"
+        "(out / f'.x.new-{os.getpid()}').mkdir()\n"
+        "print('ready', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "ready"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    pid = holder.pid
+    mine = [tmp_path / f".v.new-{os.getpid()}", out / f".y.{os.getpid()}.tmp"]  # a live writer's: kept
+    mine[0].mkdir()
+    mine[1].write_text("live")
+    (out / "keep.tmp").write_text("a user's file")
+    with DirLock(out, "next") as lock:
+        assert lock.took_over.startswith(f"pid {pid} on ")
+        assert (f"removed what it left unfinished: .v.new-{pid}, .v.old-{pid}, v/.x.new-{pid}, "
+                f"v/checkpoint/.chunk-1.safetensors.{pid}.tmp") in lock.took_over
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".v.new-{os.getpid()}", "v"]
+    assert sorted(p.name for p in out.rglob("*")) == [f".y.{os.getpid()}.tmp", "checkpoint", "keep.tmp"]
+
+
+def test_a_lock_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(StorageError) as info:
+        DirLock(out, "eval").__enter__()
+    assert str(info.value) == f"cannot write {tmp_path / '.run.lock'} (the lock of {out}): No space left on device"
+    assert not (tmp_path / ".run.lock").exists()
+    monkeypatch.undo()
+    with DirLock(out, "again") as lock:  # released: free at once, nothing to take over
+        assert lock.took_over is None
+
+
+def test_paths_without_a_name_are_the_directory_they_name(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with DirLock("."):
+        assert (tmp_path / ".work.lock").is_file()
+    with DirLock("sub/.."):
+        assert (tmp_path / ".work.lock").is_file()
+    assert not (tmp_path / ".work.lock").exists()
+    with pytest.raises(ValueError, match="is the root directory"):
+        DirLock("/")
+    (work / "old").write_text("old")
+    new = storage.temp_dir_beside(".")
+    assert new == tmp_path / f".work.new-{os.getpid()}"
+    (new / "new").write_text("new")
+    replace_dir(new, ".")  # the directory this process works in is replaced: it moves into the new one
+    assert os.getcwd() == str(work) and sorted(p.name for p in Path(".").iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_read_errors_are_one_line_naming_the_path(tmp_path):
+    (tmp_path / "x").write_bytes(b"ok")
+    assert storage.read_bytes(tmp_path / "x") == b"ok"
+    with pytest.raises(StorageError) as info:
+        storage.read_bytes(tmp_path)
+    assert str(info.value) == f"cannot read {tmp_path}: Is a directory"
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(tmp_path / "missing")

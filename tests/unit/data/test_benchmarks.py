@@ -515,3 +515,43 @@ def test_real_bbl_all_tasks_load() -> None:
     assert all(n > 0 for n in counts.values())
     assert counts["novel_concepts"] == 30 and counts["operators"] == 211
     assert sum(counts.values()) == 110_551 - 3  # 3 tied-answer examples (hindu_knowledge 1, novel_concepts 2)
+
+
+def test_unreadable_files_and_folders_raise_one_line_naming_the_path(data_copy: Path, tmp_path: Path) -> None:
+    """Run as a user without root's permission override (``setpriv`` drops it), so the real checks happen."""
+    import json
+    import subprocess
+    import sys
+
+    prefix = []
+    if os.geteuid() == 0:
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+        if shutil.which("setpriv") is None:
+            pytest.skip("cannot drop root's file-permission override here (no setpriv)")
+    d = data_copy
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "hi"}\n')
+    cases = [
+        ("load_gsm8k('test', d)", d / "gsm8k" / "test.jsonl", d / "gsm8k" / "test.jsonl"),
+        ("load_mmlu('dev', d)", d / "mmlu" / "dev", d / "mmlu" / "dev"),  # listing the folder
+        ("load_mmlu('test', d, subjects=['beta_subject'])", d / "mmlu" / "test",
+         d / "mmlu" / "test" / "beta_subject_test.csv"),
+        ("load_arc('dev', d)", d / "arc" / "ARC-Challenge-Dev.jsonl", d / "arc" / "ARC-Challenge-Dev.jsonl"),
+        ("load_agieval('sat-math', d)", d / "agieval", d / "agieval" / "sat-math.jsonl"),
+        ("load_bbl('logical_deduction', d)", d / "bigbench_lite" / "logical_deduction" / "task.json",
+         d / "bigbench_lite" / "logical_deduction" / "task.json"),
+        ("load_questions_jsonl(q)", questions, questions),
+    ]
+    for _, locked, _ in cases:
+        locked.chmod(0)
+    script = ("import json, sys\nfrom pathlib import Path\nfrom lens_steer.data.registry import *\n"
+              "from lens_steer.data.corpus import load_questions_jsonl\nfrom lens_steer.storage import StorageError\n"
+              "d, q = Path(sys.argv[1]), Path(sys.argv[2])\nout = []\n"
+              "for call in json.loads(sys.argv[3]):\n    try:\n        eval(call)\n        out.append('loaded')\n"
+              "    except StorageError as e:\n        out.append(str(e))\nprint(json.dumps(out))")
+    repo = Path(__file__).resolve().parents[3]
+    proc = subprocess.run([*prefix, sys.executable, "-c", script, str(d), str(questions),
+                           json.dumps([call for call, _, _ in cases])], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == [f"cannot read {path}: Permission denied" for _, _, path in cases]

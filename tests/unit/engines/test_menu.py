@@ -50,4 +50,4 @@ def test_default_menu_offers_vllm_without_building_it(tiny, monkeypatch):
     with pytest.raises(EngineUnavailableError) as info:
         menu.get("vllm")
     assert str(info.value) == reason and not menu.is_built("vllm")
-    assert engine_menu(tiny, vllm=False).names == ["bridge"]
+    assert engine_menu(tiny, others=False).names == ["bridge"]

@@ -255,6 +255,16 @@ def test_results_dir_vector_added_later(tmp_path):
         open_results_dir(out, {"a": 2, "vector": None})
 
 
+def test_results_dir_knows_its_vector_by_content_not_path(tmp_path):
+    """A vector moved or copied elsewhere (same tensors) resumes the directory, whose record follows it."""
+    out = tmp_path / "run"
+    open_results_dir(out, {"a": 1, "vector": {"path": "/old/v", "tensors_sha256": "s"}})
+    open_results_dir(out, {"a": 1, "vector": {"path": "/new/v", "tensors_sha256": "s"}})
+    assert json.loads((out / "run.json").read_text())["settings"]["vector"]["path"] == "/new/v"
+    with pytest.raises(RunSettingsMismatch, match="vector.tensors_sha256"):
+        open_results_dir(out, {"a": 1, "vector": {"path": "/new/v", "tensors_sha256": "t"}})
+
+
 # ---------------------------------------------------------------------------
 # CLI: eval, sweep (interrupted and resumed), report
 

@@ -17,6 +17,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lens_steer.config import GenerationConfig
+from lens_steer.method.metadata import DerivationStats
 from lens_steer.method.vectors import (
     CONFIG_FILE, RESPONSES_FILE, TENSORS_FILE, SteeringVector, VectorFileError, VectorMetadata,
 )
@@ -33,7 +35,8 @@ def saved(tmp_path_factory) -> dict[str, bytes]:
     g = torch.Generator().manual_seed(0)
     meta = VectorMetadata(model_id="tiny", model_fingerprint="0123456789abcdef", n_layers=3, d_model=4,
                           question_ids=["a", "b"], question_sources=["gsm8k", "mmlu"], questions=["3*4?", "Whale a fish?"],
-                          corpus_hash="c" * 64, generation={"max_new_tokens": 8}, stats={"n": 2})
+                          corpus_hash="c" * 64, generation=GenerationConfig(max_new_tokens=8),
+                          stats=DerivationStats(n_questions=2))
     per_question = torch.randn(2, 3, 4, generator=g)
     vector = SteeringVector(directions=per_question.mean(0), metadata=meta, per_question=per_question,
                             resid_norm=torch.rand(3, generator=g) + 1, responses=_RESPONSES)

@@ -6,7 +6,7 @@ import torch
 from lens_steer.method.collect import collect_residual_means
 from lens_steer.config import GenerationConfig
 from lens_steer.engines.api import generate
-from lens_steer.engines.bridge import plan_batches
+from lens_steer.engines.decoding import plan_batches
 from lens_steer.models import resid_post_name
 from lens_steer.prompts import encode_prompt
 

@@ -1,6 +1,7 @@
 """SteeringVector save/load round trip, corrupt files, model mismatch; derive on the tiny model."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -31,8 +32,8 @@ def test_derive_shapes_and_metadata(tiny, vector):
     assert meta.question_ids == ["a", "b", "c"] and meta.question_sources == ["gsm8k", "mmlu", "bbl"]
     assert meta.n_layers == 4 and meta.d_model == 64 and meta.positions == "generated"
     assert meta.hook_name == "blocks.{layer}.hook_resid_post"
-    assert meta.templates["cot"].endswith("step by step.") and len(meta.corpus_hash) == 64
-    assert meta.generation["max_new_tokens"] == 8 and meta.package_version
+    assert meta.templates.cot.endswith("step by step.") and len(meta.corpus_hash) == 64
+    assert meta.generation.max_new_tokens == 8 and meta.package_version
     assert vector.resid_norm.shape == (4,) and (vector.resid_norm > 0).all()
     assert len(vector.responses) == 6
 
@@ -123,3 +124,44 @@ def test_question_normalisation():
         as_questions([{"question": "a", "id": "x"}, {"question": "b", "id": "x"}])
     with pytest.raises(ValueError, match="'question'"):
         as_questions([{"text": "a"}])
+
+
+def test_typed_metadata_writes_the_same_config_as_before(tmp_path, vector):
+    """Generation, templates and stats are typed in memory; on disk the metadata object keeps its layout (the
+    legacy fixture's config re-saved is byte-identical in its metadata)."""
+    from pathlib import Path
+
+    from lens_steer.method.metadata import DerivationStats, VectorMetadata
+    from lens_steer.prompts import PromptTemplate
+
+    legacy = json.loads((Path(__file__).resolve().parents[2] / "fixtures/legacy/vector/config.json").read_text())
+    meta = VectorMetadata.from_dict(legacy["metadata"])
+    assert isinstance(meta.generation, GenerationConfig) and isinstance(meta.templates, PromptTemplate)
+    assert isinstance(meta.stats, DerivationStats) and meta.stats.wall_seconds == 0.05
+    assert meta.attention == "sdpa" and meta.engine == "bridge" and meta.chunk_questions is None
+    assert meta.to_dict() == legacy["metadata"]
+    saved = json.loads((vector.save(tmp_path / "v") / "config.json").read_text())["metadata"]
+    assert set(saved["generation"]) >= {"max_new_tokens", "attention"} and saved["stats"]["n_questions"] == 3
+    assert VectorMetadata.from_dict(saved).to_dict() == saved
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("generation", {"max_new_tokens": "many"}, "generation"),
+    ("stats", {"n_questions": "3"}, "stats.n_questions: expected an integer"),
+    ("templates", {"cot": "no slot"}, "has no {question} slot"),
+])
+def test_malformed_typed_fields_name_the_field(tmp_path, vector, field, value, problem):
+    path = vector.save(tmp_path / "v")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["metadata"][field] = value
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(VectorFileError, match=re.escape(problem)):
+        SteeringVector.load(path)
+
+
+def test_per_question_rows_must_match_the_question_ids(vector):
+    from dataclasses import replace
+
+    meta = replace(vector.metadata, question_ids=vector.metadata.question_ids + ["x"])
+    with pytest.raises(ValueError, match="3 question vectors but the metadata lists 4 question ids"):
+        SteeringVector(vector.directions, meta, per_question=vector.per_question)

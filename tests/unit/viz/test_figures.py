@@ -1,4 +1,4 @@
-"""``lens-steer figures`` end to end through main([...]) on the tiny model, and the figure builders."""
+"""``lens-steer figures`` end to end through main([...]) on the tiny model, and the figure builders on its analysis."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from lens_steer.analysis.paper import paper_analysis
 from lens_steer.cli import main
+from lens_steer.method.vectors import SteeringVector
 from lens_steer.viz.figure_io import export_pngs, find_png_backend, write_html
 from lens_steer.viz.figures import FigureSpec, paper_figures
-from lens_steer.method.vectors import SteeringVector
 
 BASE_FIGURES = {
     "layer_cosine", "split_half", "source_cosine", "pca_scatter", "pca_variance",
@@ -145,7 +146,7 @@ def test_figures_cli_errors(vector_dir, tmp_path, capsys):
 
 
 def test_ablation_names():
-    from lens_steer.viz.figures import ablation_name
+    from lens_steer.analysis.paper import ablation_name
 
     assert ablation_name(None) == "ablation_all" and ablation_name([15]) == "ablation_layer15"
     assert ablation_name([10, 11, 12]) == "ablation_layers10-12" and ablation_name([3, 7]) == "ablation_layers3_7"
@@ -153,12 +154,14 @@ def test_ablation_names():
 
 def test_paper_figures_without_model(vector_dir):
     vec = SteeringVector.load(vector_dir)
-    paper = paper_figures(None, vec, 1, n_splits=5)
+    paper = paper_figures(paper_analysis(None, vec, 1, n_splits=5))
     assert [f.name for f in paper.figures] == STRUCTURE
-    assert "model" in paper.skipped and paper.ablations == {}
+    assert [s.group for s in paper.analysis.skipped] == ["model"] and paper.analysis.ablations == ()
+    assert paper.numbers.structure.layer == 1 and paper.numbers.logit_lens is None
     bare = SteeringVector(directions=vec.directions, metadata=vec.metadata)
-    paper = paper_figures(None, bare, 1)
-    assert paper.figures == [] and "per-question" in paper.skipped["structure"]
+    paper = paper_figures(paper_analysis(None, bare, 1))
+    assert paper.figures == () and paper.numbers.structure is None
+    assert "per-question" in paper.analysis.skipped[0].reason and paper.analysis.skipped[0].group == "structure"
 
 
 def _font_sizes(obj, path: str = "figure"):
@@ -177,9 +180,9 @@ def test_every_paper_figure_is_readable_at_100_percent(vector_dir, tiny):
     from lens_steer.config import GenerationConfig
     from lens_steer.viz.plotting_common import FONT_PX, MIN_FONT_PX
 
-    paper = paper_figures(tiny, SteeringVector.load(vector_dir), 2, trace_question="What is 2+2?",
-                          ablation_questions=["What is 1+2?"], generation=GenerationConfig(max_new_tokens=3),
-                          n_splits=5, lens_random=10)
+    paper = paper_figures(paper_analysis(tiny, SteeringVector.load(vector_dir), 2, trace_question="What is 2+2?",
+                                         ablation_questions=["What is 1+2?"],
+                                         generation=GenerationConfig(max_new_tokens=3), n_splits=5, lens_random=10))
     assert {f.name for f in paper.figures} == BASE_FIGURES | {"ablation_all"}
     for spec in paper.figures:
         fig = spec.figure.to_dict()

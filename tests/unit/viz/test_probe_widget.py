@@ -1,4 +1,5 @@
-"""The layer-probing widget: its callback (probe_view) and the ipywidgets UI, driven without a browser."""
+"""The layer-probing widget: a request answered (analysis.prompt_probe.probe_request), drawn (probe_view), and the
+ipywidgets UI, driven without a browser, on the tiny model (notebook.probe_widget) and on no model at all."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import html
 import plotly.graph_objects as go
 import pytest
 
-from lens_steer.analysis.prompt_probe import probe_prompt
+from lens_steer.analysis.prompt_probe import ProbeOutcome, ProbeRequest, probe_prompt, probe_request
 from lens_steer.config import GenerationConfig
 from lens_steer.engines.api import as_engine
 from lens_steer.engines.menu import EngineMenu, EngineUnavailableError
 from lens_steer.method.derive import derive_cot_vector
-from lens_steer.viz.probe_widget import ProbeRequest, answers_html, plot_prompt_probe, probe_view, probe_widget
+from lens_steer.notebook import probe_widget
+from lens_steer.viz.probe_widget import ProbeWidget, answers_html, plot_prompt_probe, probe_view
 
 CFG = GenerationConfig(max_new_tokens=8)
 PROMPT = "What is 3+4?"
@@ -33,7 +35,7 @@ def menu(tiny):
 
 
 def test_view_shows_both_answers_lengths_and_traces(tiny, vector, menu):
-    view = probe_view(tiny, vector, menu, ProbeRequest(PROMPT, 1, 3.0, "scale"), CFG)
+    view = probe_view(probe_request(tiny, vector, menu, ProbeRequest(PROMPT, 1, 3.0, "scale"), CFG))
     res = view.result
     assert view.message == "" and res is not None and res.scale == 3.0
     for answer in (res.unsteered, res.steered):
@@ -46,7 +48,8 @@ def test_view_shows_both_answers_lengths_and_traces(tiny, vector, menu):
 
 
 def test_view_coefficient_request_matches_the_callback(tiny, vector, menu):
-    view = probe_view(tiny, vector, menu, ProbeRequest(PROMPT, 2, 4.0, "coeff", mode="single", trace_layer=3), CFG)
+    view = probe_view(probe_request(tiny, vector, menu, ProbeRequest(PROMPT, 2, 4.0, "coeff", mode="single",
+                                                                    trace_layer=3), CFG))
     direct = probe_prompt(tiny, vector, PROMPT, 2, 4.0, mode="single", trace_layer=3, generation=CFG)
     assert view.result.coeff == 4.0 and view.result.scale is None and view.result.trace_layer == 3
     assert view.result.steered.response_ids == direct.steered.response_ids
@@ -61,7 +64,9 @@ def test_view_coefficient_request_matches_the_callback(tiny, vector, menu):
     (ProbeRequest(PROMPT, 1, 0.3, engine="tpu"), "unknown engine 'tpu'"),
 ])
 def test_view_gives_the_message_for_bad_input(tiny, vector, menu, request_, needle):
-    view = probe_view(tiny, vector, menu, request_, CFG)
+    outcome = probe_request(tiny, vector, menu, request_, CFG)
+    assert outcome.result is None and needle in outcome.message
+    view = probe_view(outcome)
     assert needle in view.message and "\n" not in view.message
     assert view.figure is None and view.result is None
     assert html.escape(view.message) in view.html
@@ -106,3 +111,22 @@ def test_widget_size_kind_converts_the_value(tiny, vector, menu):
     tensor_ui = probe_widget(tiny, vector.directions, engines={"bridge": as_engine(tiny)}, layer=1)
     assert tensor_ui.size_kind.options == (("coefficient", "coeff"),) and tensor_ui.size.max == 10.0
     assert "application/vnd.jupyter.widget-view+json" in ui._repr_mimebundle_()
+
+
+def test_widget_draws_whatever_its_run_callable_answers(vector):
+    """The widget needs no model: it hands the request to ``run`` and shows the outcome."""
+    pytest.importorskip("ipywidgets")
+    asked = []
+
+    def run(request):
+        asked.append(request)
+        return ProbeOutcome(message=f"no model here (layer {request.layer}, {request.engine})")
+
+    ui = ProbeWidget(run, vector, n_layers=4, engine_names=["a", "b"], modes=("continuous", "single"), layer=2,
+                     prompt=PROMPT, size=0.5, size_kind="scale", style="cot", max_coeff=5.0)
+    assert ui.layer.max == 3 and ui.engine.options == ("a", "b") and ui.style.value == "cot"
+    ui.engine.value = "b"
+    view = ui.run()
+    assert asked == [ProbeRequest(PROMPT, 2, 0.5, "scale", "continuous", "cot", "b", None)]
+    assert view.message == "no model here (layer 2, b)" and view.figure is None and view.result is None
+    assert ui.answers.value == view.html and html.escape(view.message) in view.html and ui.figure.outputs == ()

