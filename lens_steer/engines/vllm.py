@@ -1,5 +1,6 @@
 """The vLLM engine: the :class:`~lens_steer.engines.base.Engine` protocol on ``vllm.LLM``, steering
-included (see :mod:`lens_steer.engines.vllm_steer` for how the compiled model is steered).
+included (see :mod:`lens_steer.engines.vllm_steer` for how the compiled model is steered). Importing it
+checks the installed vLLM against the tested range (:mod:`lens_steer.compat.vllm`).
 
 Requests of one call are submitted together, each with its own steering plan (or none), so a sweep's
 cells and its unsteered conditions share vLLM's continuous batching. ``residuals`` (derivation) is
@@ -11,20 +12,27 @@ from __future__ import annotations
 
 import hashlib
 import os
+import weakref
 from collections.abc import Sequence
 
 import torch
 
+from lens_steer.compat import vllm as vllm_compat
 from lens_steer.config import EMBEDDED_MODEL, GenerationConfig
 from lens_steer.engines.base import Generation, ResidualSums, normalise_steering
 from lens_steer.engines.steering import steering_delta
+from lens_steer.engines.vllm_steer import CAPTURE_OP, EXTRA_KEY, ROW_KEY
 from lens_steer.models import ModelInfo, fingerprint_of_sample, fingerprint_rows, stop_ids_of
 
 __all__ = ["VllmEngine", "vllm_available"]
 
+_LIVE: list[weakref.ref] = []  # the open VllmEngine of this process (one at a time: the steering state is per process)
+
 
 def vllm_available() -> str:
     """``""`` when vLLM imports here, else the one-line reason it does not."""
+    if vllm_compat.VERSION is None:
+        return f"vLLM is not installed (lens_steer needs vllm{vllm_compat.SUPPORTED}); `make setup-vllm`"
     try:
         import vllm  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any import failure means "not usable here"
@@ -42,7 +50,9 @@ def _model_dir(name: str) -> str:
 
 
 class VllmEngine:
-    """Generation (and steering) on vLLM.
+    """Generation (and steering) on vLLM, for the architectures in
+    :data:`lens_steer.compat.vllm.ARCHITECTURES` (any other is refused before the engine starts). One open
+    engine per process: :meth:`close` it (or use it as a context manager) before opening another.
 
     Args:
         model: Model name or directory (``"smollm2-135m-instruct"``: the embedded model).
@@ -75,59 +85,62 @@ class VllmEngine:
         reason = vllm_available()
         if reason:
             raise RuntimeError(reason)
-        workers = int(tensor_parallel_size) * int(llm_kwargs.get("pipeline_parallel_size", 1))
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
-        if workers > 1:  # the rpc_* functions travel to worker processes pickled (by reference)
-            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         from transformers import AutoConfig
-        from vllm import LLM
-
-        from lens_steer.engines import vllm_steer
 
         self.model_id = str(model)
         path = _model_dir(self.model_id)
         hf_config = AutoConfig.from_pretrained(path)
         architecture = (hf_config.architectures or ["?"])[0]
-        vllm_steer.install(architecture)
-        if vllm_steer.STATE.layers:
-            raise RuntimeError("one VllmEngine per process: the steering buffers of the first one are in use")
-        os.environ[vllm_steer.ARCH_ENV] = architecture  # spawned / Ray workers patch themselves (plugin)
-        extra = {x for x in os.environ.get("VLLM_RAY_EXTRA_ENV_VARS_TO_COPY", "").split(",") if x}
-        os.environ["VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"] = ",".join(sorted(extra | {vllm_steer.ARCH_ENV}))
+        vllm_compat.check_architecture(architecture)  # refused here, before the engine starts
+        if _LIVE and _LIVE[0]() is not None:
+            raise RuntimeError("one open VllmEngine per process: close() the first before opening another")
+        os.environ.update(vllm_compat.runner_environment())
+        from vllm import LLM
+
+        from lens_steer.engines import vllm_worker
+
+        vllm_worker.plugin()  # in-process workers: the loader that makes the model steerable
+        workers = int(tensor_parallel_size) * int(llm_kwargs.get("pipeline_parallel_size", 1))
         self.cuda_graphs = torch.cuda.is_available() and not enforce_eager
         self.capture_residuals = capture_residuals
         if self.cuda_graphs and capture_residuals and "compilation_config" not in llm_kwargs:
-            from vllm.config import CompilationConfig
-
             # vLLM's default split points plus the capture op, which must run eagerly at every step
-            ops = [*CompilationConfig._attention_ops, "vllm::unified_kv_cache_update",
-                   "vllm::unified_mla_kv_cache_update", vllm_steer.CAPTURE_OP]
-            llm_kwargs["compilation_config"] = {"splitting_ops": ops, "cudagraph_mode": "PIECEWISE"}
+            llm_kwargs["compilation_config"] = {"splitting_ops": vllm_compat.splitting_ops(CAPTURE_OP),
+                                                "cudagraph_mode": "PIECEWISE"}
         if gpu_memory_utilization is None:
             gpu_memory_utilization = 0.3 if not torch.cuda.is_available() else 0.85
+        options = vllm_compat.engine_options(llm_kwargs, worker_extension=vllm_worker.EXTENSION)
         self.llm = LLM(model=path, dtype=dtype, max_num_batched_tokens=max_num_batched_tokens,
                        enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=True,
                        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
-                       tensor_parallel_size=tensor_parallel_size, **llm_kwargs)
+                       tensor_parallel_size=tensor_parallel_size, **options)
+        _LIVE[:] = [weakref.ref(self)]
         self.workers = workers
-        self.block_size = int(self.llm.llm_engine.vllm_config.cache_config.block_size)
+        self.block_size = vllm_compat.block_size(self.llm)
         """KV-cache block size: prefixes are cached and reused in whole blocks."""
         self.last_cached_tokens: list[int] = []
         """Prompt tokens served from the prefix cache, per request of the last call (for benchmarks and tests)."""
         self._tokenizer = self.llm.get_tokenizer()
         self._dtype = dtype
+        try:
+            self._identify(path, hf_config, architecture)
+        except BaseException:
+            self.close()
+            raise
+
+    def _identify(self, path: str, hf_config, architecture: str) -> None:
+        """Attach the steering to every worker's runner and read the model's identity and stop tokens."""
         n_layers, d_model = int(hf_config.num_hidden_layers), int(hf_config.hidden_size)
-        held = self._rpc(vllm_steer.rpc_layers)
+        held = self._rpc("lens_steer_attach")
         missing = sorted(set(range(n_layers)) - {i for layers in held for i in layers})
         if missing or not all(held):
             raise RuntimeError(f"steering buffers missing on layers {missing or '-'} (workers hold "
-                               f"{[len(h) for h in held]} layers each): the decoder-layer patch did not reach every "
+                               f"{[len(h) for h in held]} layers each): the steering loader did not reach every "
                                f"worker; install lens_steer in the workers' environment so vLLM loads its plugin")
         vocab = int(hf_config.vocab_size)
         rows = list(fingerprint_rows(vocab))
         sample: dict[int, torch.Tensor] = {}
-        for part in self._rpc(vllm_steer.rpc_embedding_rows, rows):
+        for part in self._rpc("lens_steer_embedding_rows", rows):
             sample.update(part)
         fingerprint = fingerprint_of_sample((vocab, d_model), torch.stack([sample[r] for r in rows]))
         self._info = ModelInfo(self.model_id, architecture, n_layers, d_model, fingerprint)
@@ -160,16 +173,36 @@ class VllmEngine:
         return "vllm"
 
     # ------------------------------------------------------------ workers
-    def _rpc(self, fn, *args) -> list:
-        """``fn(worker, *args)`` on every worker (in-process with one worker)."""
-        return self.llm.collective_rpc(fn, args=args)
+    def _rpc(self, method: str, *args) -> list:
+        """The worker extension's ``method(*args)`` on every worker (in-process with one worker)."""
+        if self.llm is None:
+            raise RuntimeError("this VllmEngine is closed")
+        return self.llm.collective_rpc(method, args=args)
+
+    def steering_is_clean(self) -> bool:
+        """Whether every worker holds no steering plan, no capture and all-zero steering buffers (as after
+        every ``generate`` call, also one that raised)."""
+        return all(self._rpc("lens_steer_is_clean"))
+
+    def close(self) -> None:
+        """Stop the engine and free its memory (another VllmEngine may then open in this process)."""
+        if self.llm is None:
+            return
+        llm, self.llm = self.llm, None
+        if _LIVE and _LIVE[0]() is self:
+            _LIVE.clear()
+        vllm_compat.shutdown(llm)
+
+    def __enter__(self) -> VllmEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------ generation
     def _register_plans(self, plans) -> tuple[list[str | None], dict[str, str]]:
         """Register each distinct plan with the workers; returns each request's plan key (``None``:
         unsteered) and each key's prefix-cache salt (:func:`_steering_salt`)."""
-        from lens_steer.engines.vllm_steer import rpc_add_plans
-
         keys: dict[tuple, str] = {}
         tables: dict[str, dict[int, tuple[torch.Tensor, bool]]] = {}
         out: list[str | None] = []
@@ -193,7 +226,7 @@ class VllmEngine:
                 tables[keys[ident]] = deltas
             out.append(keys[ident])
         if tables:
-            self._rpc(rpc_add_plans, tables)
+            self._rpc("lens_steer_add_plans", tables)
         return out, {key: _steering_salt(deltas) for key, deltas in tables.items()}
 
     def _submit(self, prompts: list[list[int]], steering, make_params, *, progress: bool,
@@ -202,32 +235,34 @@ class VllmEngine:
         ``make_params(i, extra_args, skip_prefix_cache)`` builds request ``i``'s ``SamplingParams``."""
         from vllm.inputs import TokensPrompt
 
-        from lens_steer.engines import vllm_steer as vs
-
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: every prompt needs at least one token")
         plans = normalise_steering(steering, len(prompts))
-        self._rpc(vs.rpc_clear)
+        self._rpc("lens_steer_clear")
         try:
             keys, salts = self._register_plans(plans)
             if residuals is not None:
-                self._rpc(vs.rpc_start_capture, len(prompts), self.info.n_layers, residuals.positions, max_new)
+                self._rpc("lens_steer_start_capture", len(prompts), self.info.n_layers, residuals.positions, max_new)
             # prompt positions averaged: every one must be computed, none read from the prefix cache
             skip_cache = residuals is not None and residuals.positions != "generated"
             params, inputs = [], []
             for i, (prompt, key) in enumerate(zip(prompts, keys, strict=True)):
-                extra = {vs.EXTRA_KEY: key} if key is not None else {}
+                extra = {EXTRA_KEY: key} if key is not None else {}
                 if residuals is not None:
-                    extra[vs.ROW_KEY] = i
+                    extra[ROW_KEY] = i
                 params.append(make_params(i, extra or None, skip_cache))
                 inputs.append(TokensPrompt(prompt_token_ids=prompt, cache_salt=salts[key]) if key is not None
                               else TokensPrompt(prompt_token_ids=prompt))
-            outputs = self.llm.generate(inputs, params, use_tqdm=progress)
+            try:
+                outputs = self.llm.generate(inputs, params, use_tqdm=progress)
+            except BaseException:
+                vllm_compat.abort_unfinished(self.llm)
+                raise
             self.last_cached_tokens = [int(getattr(out, "num_cached_tokens", 0) or 0) for out in outputs]
             if residuals is not None:
-                self._add_capture(residuals, self._rpc(vs.rpc_capture_result))
+                self._add_capture(residuals, self._rpc("lens_steer_capture_result"))
         finally:
-            self._rpc(vs.rpc_clear)
+            self._rpc("lens_steer_clear")
         return outputs
 
     def _add_capture(self, residuals: ResidualSums, parts) -> None:
