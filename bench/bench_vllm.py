@@ -17,6 +17,7 @@ Usage::
 
     python bench/bench_vllm.py --n 32 --tokens 128          # needs `make setup-vllm` and ../shared/data
     python bench/bench_vllm.py --skip derive,sweep          # eval only
+    python bench/bench_vllm.py --model qwen2.5-coder-0.5b-instruct --n 16 --derive-n 32 --skip sweep
 """
 
 from __future__ import annotations
@@ -47,12 +48,12 @@ def worker(spec: dict) -> dict:
     if spec["engine"] == "vllm":
         from lens_steer.engines.vllm import VllmEngine
 
-        engine = VllmEngine(max_num_batched_tokens=spec["step_tokens"])
+        engine = VllmEngine(spec["model"], max_num_batched_tokens=spec["step_tokens"])
     else:
         from lens_steer.engines.bridge import BridgeEngine
         from lens_steer.models import load_model
 
-        engine = BridgeEngine(load_model())
+        engine = BridgeEngine(load_model(spec["model"]))
     load_s = time.perf_counter() - start
     info = engine.info
     g = torch.Generator().manual_seed(0)
@@ -144,6 +145,8 @@ def _timed_run(out: Path, settings, engine, vec) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="model of both engines (e.g. qwen2.5-coder-0.5b-instruct after `make setup-qwen`)")
     p.add_argument("--n", type=int, default=32, help="GSM8K test items of the eval")
     p.add_argument("--tokens", type=int, default=128, help="new tokens of the eval")
     p.add_argument("--sweep-n", type=int, default=8, help="GSM8K train items of the sweep")
@@ -167,7 +170,7 @@ def main() -> None:
         return
     print("machine:", json.dumps(machine()))
     print(load_line())
-    spec = {"n": args.n, "tokens": args.tokens, "batch": args.batch, "chunk": args.chunk,
+    spec = {"model": args.model, "n": args.n, "tokens": args.tokens, "batch": args.batch, "chunk": args.chunk,
             "step_tokens": args.step_tokens, "data_dir": args.data_dir, "sweep_n": args.sweep_n,
             "sweep_tokens": args.sweep_tokens, "sweep_layers": [int(x) for x in args.sweep_layers.split(",")],
             "sweep_scales": [float(x) for x in args.sweep_scales.split(",")], "derive_n": args.derive_n,

@@ -109,8 +109,7 @@ def probe_widget(
     """
     from functools import partial
 
-    from lens_steer.analysis.prompt_probe import probe_request
-    from lens_steer.engines.base import STEER_MODES
+    from lens_steer.analysis.prompt_probe import POSITION_CHOICES, probe_request
     from lens_steer.engines.menu import EngineMenu, engine_menu
     from lens_steer.viz.probe_widget import ProbeWidget
 
@@ -127,5 +126,5 @@ def probe_widget(
     kind = "coeff" if coeff is not None or not has_norms else "scale"
     size = coeff if coeff is not None else (scale if has_norms else 0.0)
     run = partial(probe_request, model, vector, engines, generation=generation)
-    return ProbeWidget(run, vector, n_layers=n_layers, engine_names=engines.names, modes=STEER_MODES, layer=layer,
+    return ProbeWidget(run, vector, n_layers=n_layers, engine_names=engines.names, modes=POSITION_CHOICES, layer=layer,
                        prompt=prompt, size=float(size), size_kind=kind, style=style, max_coeff=max_coeff)

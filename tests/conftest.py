@@ -66,6 +66,17 @@ def make_tiny_bridge(seed: int = 0, **kwargs):
     return bridge, reference
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the tiny model's
+    matmuls are too small to gain from threads, and on a busy machine OpenMP threads waiting for each other
+    make such tests ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """Session-wide tiny bridge. Tests must leave it unhooked (the steering contexts ensure that)."""

@@ -26,7 +26,8 @@ class ProbeGrid:
             the row's layer (or the raw coefficient when ``relative`` is false).
         relative: Whether ``scales`` are fractions of the residual norm.
         coeffs: ``[layer, scale]`` coefficient c actually added (``c · v_layer``).
-        mode: ``"continuous"`` or ``"single"``.
+        mode: ``"continuous"``, ``"single"`` or a steering spec's canonical text
+            (:mod:`lens_steer.engines.steer_spec`).
         prompt_style: Style of the steered prompts (``"direct"`` by default).
         question_ids: Id of each question.
         questions: Text of each question.
@@ -88,7 +89,8 @@ def probe_steering(
         generation: A :class:`~lens_steer.config.GenerationConfig`.
         relative: Interpret ``scales`` relative to the residual norm
             (:meth:`~lens_steer.method.vectors.SteeringVector.coeff_for_scale`).
-        mode: ``"continuous"`` or ``"single"``.
+        mode: ``"continuous"`` or ``"single"``, or where, when and how to steer (a
+            :class:`~lens_steer.engines.steer_spec.SteerSpec` or its text).
         prompt_style: Prompt style that is steered.
         template: Prompt templates.
         allow_other_model: Accept a vector derived on another checkpoint.
@@ -101,9 +103,11 @@ def probe_steering(
     from lens_steer.data.questions import as_questions
     from lens_steer.engines.api import as_engine
     from lens_steer.engines.base import Steering
+    from lens_steer.engines.steer_spec import mode_text
     from lens_steer.eval.scoring import is_cot_style
     from lens_steer.prompts import DEFAULT_TEMPLATE, encode_prompt
 
+    mode = mode_text(mode)  # checked before anything runs
     qs = as_questions(questions)
     if not qs or not layers or not scales:
         raise ValueError("probe_steering needs at least one question, layer and scale")

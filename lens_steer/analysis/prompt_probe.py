@@ -9,12 +9,21 @@ import warnings
 from dataclasses import dataclass
 
 from lens_steer.analysis.trace import TraceResult, projection_trace
+from lens_steer.engines.steer_spec import OPERATORS
 
-__all__ = ["SIZE_KINDS", "ProbeAnswer", "ProbeInputError", "ProbeOutcome", "ProbeRequest", "PromptProbe",
-           "probe_prompt", "probe_request"]
+__all__ = ["OPERATOR_CHOICES", "POSITION_CHOICES", "SIZE_KINDS", "ProbeAnswer", "ProbeInputError", "ProbeOutcome", "ProbeRequest",
+           "PromptProbe", "probe_prompt", "probe_request", "request_mode"]
 
 SIZE_KINDS: tuple[str, ...] = ("scale", "coeff")
 """How a request's size is read: a fraction of the layer's mean residual norm, or the raw coefficient c."""
+POSITION_CHOICES: tuple[str, ...] = ("continuous", "single", "last", "first", "window", "trigger", "region")
+"""Where a request steers: the paper's presets, then the other position kinds
+(:data:`~lens_steer.engines.steer_spec.POSITION_KINDS`); ``first``, ``window``, ``trigger`` and ``region`` read
+their argument from :attr:`ProbeRequest.position_arg`."""
+OPERATOR_CHOICES: tuple[str, ...] = OPERATORS
+"""The operators a request may ask for (:data:`~lens_steer.engines.steer_spec.OPERATORS`)."""
+_ARGUMENTS = {"first": "K (e.g. 16)", "window": "A-B (e.g. 4-20)", "trigger": "TEXT[|TEXT...] (e.g. \\n\\n|Step)",
+              "region": "OPEN..CLOSE (e.g. <think>..</think>)"}
 
 
 class ProbeInputError(ValueError):
@@ -61,7 +70,8 @@ class PromptProbe:
         prompt: The question text. style: Its prompt style (``"direct"``, ``"cot"``, ``"none"``).
         layer: Steered block. coeff: The c added (``c·v_layer``). scale: The size asked for as a
             fraction of the layer's mean residual norm, or None when a coefficient was given.
-        mode: ``"continuous"`` or ``"single"``. engine: Name of the engine that answered.
+        mode: ``"continuous"``, ``"single"`` or a steering spec's canonical text. engine: Name of the engine
+            that answered.
         trace_layer: Block whose ``hook_resid_post`` the traces project (None: no traces).
         max_new_tokens: Generation limit (lengths are censored there).
         unsteered / steered: The two answers.
@@ -101,17 +111,27 @@ def _one_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _steering(info, vector, prompt: str, layer: int, coeff: float | None, scale: float | None, mode: str, style: str,
-              trace_layer: int | None, allow_other_model: bool):
-    """The checked :class:`~lens_steer.engines.base.Steering`; :class:`ProbeInputError` for bad input."""
-    from lens_steer.engines.base import STEER_MODES, Steering
+def _steering(info, engine, vector, prompt: str, layer: int, coeff: float | None, scale: float | None, mode,
+              style: str, trace_layer: int | None, allow_other_model: bool):
+    """The checked :class:`~lens_steer.engines.base.Steering` for the model ``info`` and the answering ``engine``
+    (a spec beyond the paper's presets must be declared by it; triggers and region markers must be its
+    tokenizer's); :class:`ProbeInputError` for bad input."""
+    from lens_steer.engines.base import Steering
+    from lens_steer.engines.registry import require_steering
+    from lens_steer.engines.selection import resolve_spec
+    from lens_steer.engines.steer_spec import as_spec
     from lens_steer.engines.steering import resolve_direction, steering_delta
     from lens_steer.prompts import PROMPT_STYLES
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise ProbeInputError("enter a prompt: it is empty")
-    if mode not in STEER_MODES:
-        raise ProbeInputError(f"unknown steering mode {mode!r}; choose one of {', '.join(STEER_MODES)}")
+    try:
+        spec = as_spec(mode)
+        if spec.preset is None:
+            require_steering(engine, spec)
+        resolve_spec(spec, engine.tokenizer)
+    except ValueError as exc:
+        raise ProbeInputError(_one_line(exc)) from exc
     if style not in PROMPT_STYLES:
         raise ProbeInputError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
     if (coeff is None) == (scale is None):
@@ -119,14 +139,17 @@ def _steering(info, vector, prompt: str, layer: int, coeff: float | None, scale:
     size = coeff if coeff is not None else scale
     if isinstance(size, bool) or not isinstance(size, int | float) or not math.isfinite(size):
         raise ProbeInputError(f"the steering size must be a finite number, got {size!r}")
+    if scale is not None and spec.op == "ablate":
+        raise ProbeInputError("op=ablate takes a coefficient (the fraction of the component removed; 1 removes it), "
+                              "not a scale")
     try:
         if scale is not None:
             if getattr(vector, "resid_norm", None) is None:
                 raise ProbeInputError("this vector has no residual norms recorded: give a coefficient, not a scale")
             direction = resolve_direction(info, vector, layer, allow_other_model=allow_other_model)
             coeff = vector.coeff_for_scale(layer, float(scale)) if float(direction.norm()) > 0 else 0.0
-        spec = Steering(vector, layer, float(coeff), mode, allow_other_model)
-        steering_delta(info, spec)  # every check the engines make, before anything runs
+        steering = Steering(vector, layer, float(coeff), spec, allow_other_model)
+        steering_delta(info, steering)  # every check the engines make, before anything runs
         if trace_layer is not None and trace_layer != layer:
             d = resolve_direction(info, vector, trace_layer, allow_other_model=allow_other_model)
             if float(d.norm()) == 0:
@@ -135,7 +158,7 @@ def _steering(info, vector, prompt: str, layer: int, coeff: float | None, scale:
         raise
     except (IndexError, ValueError, TypeError) as exc:
         raise ProbeInputError(_one_line(exc)) from exc
-    return spec
+    return steering
 
 
 def probe_prompt(
@@ -146,7 +169,7 @@ def probe_prompt(
     coeff: float | None = None,
     *,
     scale: float | None = None,
-    mode: str = "continuous",
+    mode="continuous",
     style: str = "direct",
     engine=None,
     generation=None,
@@ -170,7 +193,8 @@ def probe_prompt(
         coeff: The multiplier c; or give ``scale``.
         scale: The size as a fraction of the layer's mean residual norm
             (:meth:`~lens_steer.method.vectors.SteeringVector.coeff_for_scale`).
-        mode: ``"continuous"`` or ``"single"``.
+        mode: ``"continuous"`` or ``"single"``, or where, when and how to steer: a
+            :class:`~lens_steer.engines.steer_spec.SteerSpec` or its text (``"at=first:16,op=clamp"``).
         style: Prompt style: ``"direct"`` (the paper steers these), ``"cot"`` or ``"none"``.
         engine: The engine that answers (default: the bridge's own).
         generation: A :class:`~lens_steer.config.GenerationConfig` (default: greedy, 128 new tokens).
@@ -183,12 +207,13 @@ def probe_prompt(
         A :class:`PromptProbe`.
 
     Raises:
-        ProbeInputError: an empty prompt, an unknown mode or style, a layer out of range or one the
-            vector has no direction at, neither or both of ``coeff``/``scale``, a vector that does not
+        ProbeInputError: an empty prompt, an unknown or malformed mode, one the answering engine does not
+            declare, a trigger or marker that is not the model's tokens, an unknown style, a layer out of range or
+            one the vector has no direction at, neither or both of ``coeff``/``scale``, a vector that does not
             fit the model.
     """
     from lens_steer.config import GenerationConfig
-    from lens_steer.engines.api import bridge_engine, steer
+    from lens_steer.engines.api import bridge_engine
     from lens_steer.prompts import DEFAULT_TEMPLATE, encode_prompt
 
     bridge = bridge_engine(model)
@@ -199,14 +224,12 @@ def probe_prompt(
     read_at = layer if trace_layer is None else trace_layer
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        spec = _steering(bridge.info, vector, prompt, layer, coeff, scale, mode, style, read_at, allow_other_model)
+        spec = _steering(bridge.info, answering, vector, prompt, layer, coeff, scale, mode, style, read_at,
+                         allow_other_model)
 
         def traced(steered: bool) -> TraceResult:
-            args = (tl, prompt, vector, read_at, style, cfg)
-            if not steered:
-                return projection_trace(*args, template=tmpl, allow_other_model=allow_other_model)
-            with steer(tl, vector, layer, spec.coeff, mode, allow_other_model=allow_other_model):
-                return projection_trace(*args, template=tmpl, allow_other_model=allow_other_model)
+            return projection_trace(tl, prompt, vector, read_at, style, cfg, template=tmpl,
+                                    allow_other_model=allow_other_model, steering=spec if steered else None)
 
         if answering is bridge and trace:
             traces = [traced(False), traced(True)]
@@ -222,7 +245,8 @@ def probe_prompt(
     notes = tuple(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)))
     return PromptProbe(
         prompt=prompt, style=style, layer=layer, coeff=float(spec.coeff), scale=None if scale is None else float(scale),
-        mode=mode, engine=answering.name, trace_layer=read_at if trace else None, max_new_tokens=cfg.max_new_tokens,
+        mode=spec.mode, engine=answering.name, trace_layer=read_at if trace else None,
+        max_new_tokens=cfg.max_new_tokens,
         unsteered=answers[0], steered=answers[1], notes=notes,
     )
 
@@ -233,9 +257,11 @@ class ProbeRequest:
 
     Attributes:
         prompt: Question text. layer: Steered block. size: The slider's value, read as ``size_kind``.
-        size_kind: ``"scale"`` or ``"coeff"`` (see :data:`SIZE_KINDS`). mode: ``"continuous"`` or
-        ``"single"``. style: Prompt style. engine: Engine name in the menu. trace_layer: Block the
-        traces read (None: the steered layer).
+        size_kind: ``"scale"`` or ``"coeff"`` (see :data:`SIZE_KINDS`). mode: Where to steer: one of
+        :data:`POSITION_CHOICES`, or a whole steering spec text. style: Prompt style. engine: Engine name in the
+        menu. trace_layer: Block the traces read (None: the steered layer). position_arg: The argument of a
+        ``first`` / ``window`` / ``trigger`` / ``region`` mode. op: The operator (``add``, ``add-norm``,
+        ``clamp``, ``ablate``). strength: A schedule (``linear:1:0:32``; empty: constant).
     """
 
     prompt: str
@@ -246,6 +272,36 @@ class ProbeRequest:
     style: str = "direct"
     engine: str = "bridge"
     trace_layer: int | None = None
+    position_arg: str = ""
+    op: str = "add"
+    strength: str = ""
+
+
+def request_mode(request: ProbeRequest) -> str:
+    """The steering spec text a request asks for: its position choice (with its argument), operator and strength.
+
+    Raises:
+        ProbeInputError: a position that needs an argument without one, or a spec that does not parse.
+    """
+    from lens_steer.engines.steer_spec import PRESETS, SpecError, mode_text
+
+    mode, arg = request.mode.strip(), request.position_arg
+    if mode in PRESETS:
+        items = [f"at={PRESETS[mode].at.text}"]
+    elif mode == "last":
+        items = ["at=last"]
+    elif mode in _ARGUMENTS:
+        if not arg.strip():
+            raise ProbeInputError(f"position {mode} needs an argument: {_ARGUMENTS[mode]}")
+        items = [f"at={mode}:{arg}"]
+    else:
+        items = [mode]
+    items += [f"op={request.op}"] if request.op and request.op != "add" else []
+    items += [f"strength={request.strength.strip()}"] if request.strength.strip() else []
+    try:
+        return mode_text(",".join(items))
+    except SpecError as exc:
+        raise ProbeInputError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -276,9 +332,10 @@ def probe_request(model, vector, engines, request: ProbeRequest, generation=None
             raise ProbeInputError(f"unknown size kind {request.size_kind!r}; choose one of {', '.join(SIZE_KINDS)}")
         coeff = request.size if request.size_kind == "coeff" else None
         scale = request.size if request.size_kind == "scale" else None
+        mode = request_mode(request)
         engine = engines.get(request.engine)
         return ProbeOutcome(probe_prompt(model, vector, request.prompt, request.layer, coeff, scale=scale,
-                                         mode=request.mode, style=request.style, engine=engine,
+                                         mode=mode, style=request.style, engine=engine,
                                          generation=generation, trace_layer=request.trace_layer))
     except (ProbeInputError, EngineUnavailableError) as exc:
         return ProbeOutcome(message=str(exc))

@@ -78,6 +78,8 @@ class TraceResult:
         response: The decoded response.
         stopped: Whether the response ended with a stop token (else it was cut at
             ``max_new_tokens``).
+        coefficients: ``[pos]`` effective coefficient of the ``steering`` traced under at each position (0 where
+            it does not steer; :func:`~lens_steer.engines.selection.effective_coefficients`), or None unsteered.
     """
 
     question: str
@@ -89,6 +91,7 @@ class TraceResult:
     n_prompt: int
     response: str
     stopped: bool
+    coefficients: Float[Tensor, " pos"] | None = None
 
     @property
     def n_response(self) -> int:
@@ -121,6 +124,7 @@ def projection_trace(
     *,
     template=None,
     allow_other_model: bool = False,
+    steering=None,
 ) -> TraceResult:
     """Generate a response, then project each position's residual onto the direction.
 
@@ -141,12 +145,15 @@ def projection_trace(
             new tokens).
         template: A :class:`~lens_steer.prompts.PromptTemplate` (default: the paper's).
         allow_other_model: Accept a ``SteeringVector`` derived on another checkpoint.
+        steering: A :class:`~lens_steer.engines.base.Steering` to install for both passes; its effective
+            coefficient per position is recorded in ``coefficients`` (for plotting).
 
     Returns:
         A :class:`TraceResult`.
     """
     from lens_steer.config import GenerationConfig
-    from lens_steer.engines.api import generate
+    from lens_steer.engines.api import bridge_engine, generate
+    from lens_steer.engines.selection import effective_coefficients
     from lens_steer.engines.steering import resolve_direction
     from lens_steer.models import hf_model, model_info, resid_post_name
     from lens_steer.prompts import DEFAULT_TEMPLATE, encode_prompt
@@ -154,15 +161,14 @@ def projection_trace(
     direction = resolve_direction(model_info(model), direction_or_vector, layer, allow_other_model=allow_other_model)
     tok = model.tokenizer
     prompt = encode_prompt(tok, question, style, template or DEFAULT_TEMPLATE)
-    gen = generate(model, [prompt], generation or GenerationConfig(), progress=False)[0]
-    ids = list(prompt) + list(gen.response_ids)
     device = next(hf_model(model).parameters()).device
     name = resid_post_name(layer)
-    with torch.inference_mode():
-        _, cache = model.run_with_cache(
-            torch.tensor([ids], device=device), names_filter=[name], prepend_bos=False
-        )
-        resid = cache[name][0].float()
+    with bridge_engine(model).steering(steering) if steering is not None else nullcontext():
+        gen = generate(model, [prompt], generation or GenerationConfig(), progress=False)[0]
+        ids = list(prompt) + list(gen.response_ids)
+        with torch.inference_mode():
+            _, cache = model.run_with_cache(torch.tensor([ids], device=device), names_filter=[name], prepend_bos=False)
+            resid = cache[name][0].float()
     proj = projection_onto_direction(resid, direction.detach().float()).cpu()
     return TraceResult(
         question=question,
@@ -174,6 +180,7 @@ def projection_trace(
         n_prompt=len(prompt),
         response=gen.text,
         stopped=gen.stopped,
+        coefficients=None if steering is None else effective_coefficients(steering, ids, len(prompt), tok),
     )
 
 

@@ -7,10 +7,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from lens_steer.cli import interop_commands, reproduce_command, run_commands, vector_commands
+from lens_steer.cli import interop_commands, reproduce_command, run_commands, serve_command, vector_commands
 
 COMMANDS = (vector_commands.COMMANDS + run_commands.COMMANDS + reproduce_command.COMMANDS
-            + interop_commands.COMMANDS)
+            + interop_commands.COMMANDS + serve_command.COMMANDS)
 """``(name, help, add_arguments, run)`` per subcommand."""
 
 __all__ = ["COMMANDS", "build_parser", "main"]

@@ -61,6 +61,41 @@ def add_question_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--corpus-seed", type=int, default=0)
 
 
+SCHEDULE_HELP = (
+    "where, when and how to steer: a preset, continuous (every position; the paper's default) or single (the "
+    "prompt's positions), or comma-separated items: at=all|prompt|last|first:K|window:A-B|trigger:TEXT[|TEXT...]|"
+    "region:OPEN..CLOSE (first K / generated tokens [A,B) / the last token of each occurrence of a trigger, "
+    "span=N for N tokens from it / generated tokens between two marker tokens); "
+    "strength=constant|linear:FROM:TO:N|step:BEFORE:AFTER:K (a factor on the coefficient over generated tokens); "
+    "op=add|add-norm|clamp|ablate (add c*v; add then rescale to the norm before; set the projection on v to c|v|; "
+    "remove c times the component along v). In texts \\n is a newline and a backslash escapes , | and '.'. "
+    "Examples: single; 'at=first:16'; 'at=window:4-20,strength=linear:1:0:16'; 'at=trigger:\\n\\n|Step'; "
+    "'at=region:<think>..</think>,op=add-norm'; 'single,op=ablate'; 'op=clamp'")
+"""``--help`` of every flag that takes a steering spec (see :mod:`lens_steer.engines.steer_spec`)."""
+
+
+def steering_mode(text: str, flag: str) -> str:
+    """The canonical text of a steering spec given on the command line; ``ValueError`` naming the flag and the
+    field otherwise (checked before any model loads)."""
+    from lens_steer.engines.steer_spec import SpecError, mode_text
+
+    try:
+        return mode_text(text)
+    except SpecError as exc:
+        raise ValueError(f"{flag} {text!r}: {exc}") from None
+
+
+def check_steering_tokens(steering, tokenizer, flag: str) -> None:
+    """Refuse, naming the flag, a trigger or region marker of ``steering`` that is not the model's tokens."""
+    from lens_steer.engines.selection import resolve_spec
+    from lens_steer.engines.steer_spec import SpecError
+
+    try:
+        resolve_spec(steering.spec, tokenizer)
+    except SpecError as exc:
+        raise ValueError(f"{flag} {steering.mode!r}: {exc}") from None
+
+
 def csv(text: str, cast=str) -> list:
     """Comma-separated values, stripped, empty ones dropped."""
     return [cast(x.strip()) for x in text.split(",") if x.strip()]
@@ -73,9 +108,22 @@ its default is not passed, so an engine that does not take it is not bothered.""
 
 
 def engine_options(args) -> dict:
-    """The engine options given on the command line (those not at their default)."""
-    return {name: getattr(args, name) for name, default in _ENGINE_OPTIONS
-            if getattr(args, name, default) != default}
+    """The engine options given on the command line (those not at their default).
+
+    Raises:
+        ValueError: a flag the chosen engine does not take (naming the flag and the engines that do).
+    """
+    from lens_steer.engines.registry import engine_names, engine_spec
+
+    given = {name: getattr(args, name) for name, default in _ENGINE_OPTIONS if getattr(args, name, default) != default}
+    kind = getattr(args, "engine", "bridge")
+    bad = [name for name in given if name not in engine_spec(kind).options]
+    if bad:
+        takers = [n for n in engine_names() if set(bad) <= set(engine_spec(n).options)]
+        flags = ", ".join("--" + name.replace("_", "-") for name in bad)
+        raise ValueError(f"{flags} {'apply' if len(bad) > 1 else 'applies'} to "
+                         f"{' or '.join(f'--engine {n}' for n in takers) or 'no engine'} only, not --engine {kind}")
+    return given
 
 
 def load_engine(args, *, capture_residuals: bool = False):

@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 from lens_steer.cli.args import (
-    add_generation_args, add_model_args, add_template_args, csv, generation_config, load_engine, locked, template,
+    SCHEDULE_HELP, add_generation_args, add_model_args, add_template_args, csv, generation_config, load_engine,
+    locked, steering_mode, template,
 )
+
 
 def add_benchmark_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("benchmarks")
@@ -54,9 +56,11 @@ def _load_with_vector(args):
 
 def _run(args, command: str, engine, vector, conditions, load_seconds: float):
     """Run the eval or sweep through the library; print the table. Returns ``(exit code, outcome)``."""
+    from lens_steer.eval.evaluate import check_conditions
     from lens_steer.eval.run import EvalRun, RunSettings
     from lens_steer.viz.report import format_table
 
+    check_conditions(engine, conditions, vector, args.allow_other_model)  # before the results directory is touched
     data = _data_settings(args)
     examples, names = data.load()
     settings = RunSettings(command=command, data=data, conditions=tuple(conditions),
@@ -83,13 +87,41 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
         size.add_argument(f"--coeff-{mode}", type=float, default=None, help="absolute coefficient c")
         size.add_argument(f"--scale-{mode}", type=float, default=None,
                           help="||c v_l|| as a fraction of the mean residual norm at the layer")
+    g = _schedule_args(p, "one steered condition per --schedule, at --layer with --coeff or --scale")
+    g.add_argument("--layer", type=int, default=None, help="layer the --schedule conditions steer")
+    size = g.add_mutually_exclusive_group()
+    size.add_argument("--coeff", type=float, default=None, help="absolute coefficient c of the --schedule conditions")
+    size.add_argument("--scale", type=float, default=None,
+                      help="||c v_l|| as a fraction of the mean residual norm (not for op=ablate)")
     add_results_args(p)
+
+
+def _schedule_args(p: argparse.ArgumentParser, what: str):
+    """``--schedule`` (repeatable) and ``--steer-style``, in a group of their own (returned)."""
+    g = p.add_argument_group(f"steering schedules ({what})")
+    g.add_argument("--schedule", action="append", default=[], metavar="SPEC", help=SCHEDULE_HELP + " (repeatable)")
+    g.add_argument("--steer-style", choices=["direct", "cot", "none"], default="direct",
+                   help="prompt style the --schedule conditions steer (default direct, as the paper)")
+    return g
+
+
+def _schedules(args) -> list[str]:
+    """The ``--schedule`` specs' canonical texts, checked before any model loads, also against what the engine
+    declares it can apply (repeats dropped)."""
+    from lens_steer.engines.registry import require_steering
+
+    modes = list(dict.fromkeys(steering_mode(text, "--schedule") for text in args.schedule))
+    require_steering(args.engine, modes, "--schedule")
+    return modes
 
 
 def _eval(args) -> int:
     from lens_steer.eval.conditions import Condition, steered_condition
 
     names = csv(args.conditions)
+    schedules = _schedules(args)
+    if schedules and (args.vector is None or args.layer is None or (args.coeff is None and args.scale is None)):
+        raise ValueError("--schedule needs --vector, --layer and --coeff or --scale")
     engine, vector, load_seconds = _load_with_vector(args)
     conditions = []
     for name in names:
@@ -103,6 +135,8 @@ def _eval(args) -> int:
         if vector is None or layer is None or (coeff is None and scale is None):
             raise ValueError(f"condition {name} needs --vector, --layer-{mode} and --coeff-{mode} or --scale-{mode}")
         conditions.append(steered_condition(vector, mode, layer, coeff=coeff, scale=scale))
+    conditions += [steered_condition(vector, mode, args.layer, coeff=args.coeff, scale=args.scale,
+                                     style=args.steer_style) for mode in schedules]
     code, _ = _run(args, "eval", engine, vector, conditions, load_seconds)
     return code
 
@@ -113,7 +147,12 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     add_generation_args(p, max_new_tokens=160)
     add_template_args(p)
     p.add_argument("--layers", required=True, help="comma list of layers")
-    p.add_argument("--modes", default="continuous,single", type=lambda s: csv(s))
+    p.add_argument("--modes", default=None, type=lambda s: csv(s),
+                   help="comma list of the paper's modes, continuous and single (default: both, unless --schedule "
+                        "is given)")
+    _schedule_args(p, "each --schedule is one more grid axis value beside --modes, e.g. --schedule single "
+                      "--schedule 'at=first:16' --schedule 'at=trigger:\\n\\n'; its sizes come from --coeffs or "
+                      "--scales")
     grid = p.add_argument_group("grid (per mode, give coefficients or scales; --coeffs/--scales apply to every mode)")
     for flag in ("coeffs", "scales", "coeffs-continuous", "scales-continuous", "coeffs-single", "scales-single"):
         grid.add_argument(f"--{flag}", default=None, type=lambda s: csv(s, float))
@@ -124,16 +163,17 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     add_results_args(p)
 
 
-def _sweep_grids(args) -> tuple[dict, dict]:
+def _sweep_grids(args, modes: list[str]) -> tuple[dict, dict]:
     coeffs, scales = {}, {}
-    for mode in args.modes:
-        own_c, own_s = getattr(args, f"coeffs_{mode}"), getattr(args, f"scales_{mode}")
+    for mode in modes:
+        preset = mode in ("continuous", "single")
+        own_c, own_s = (getattr(args, f"coeffs_{mode}"), getattr(args, f"scales_{mode}")) if preset else (None, None)
         if own_c is not None and own_s is not None:
             raise ValueError(f"give --coeffs-{mode} or --scales-{mode}, not both")
         if own_c is None and own_s is None:
             if (args.coeffs is None) == (args.scales is None):
-                raise ValueError(f"mode {mode} needs a grid: exactly one of --coeffs / --scales (or --coeffs-{mode} / "
-                                 f"--scales-{mode})")
+                own = f" (or --coeffs-{mode} / --scales-{mode})" if preset else ""
+                raise ValueError(f"mode {mode} needs a grid: exactly one of --coeffs / --scales{own}")
             own_c, own_s = args.coeffs, args.scales
         if own_c is not None:
             coeffs[mode] = own_c
@@ -144,25 +184,41 @@ def _sweep_grids(args) -> tuple[dict, dict]:
 
 def _sweep(args) -> int:
     from lens_steer.eval.conditions import Condition, sweep_conditions
-    from lens_steer.viz.figure_io import save_sweep_heatmaps
 
-    bad = [m for m in args.modes if m not in ("continuous", "single")]
+    presets = args.modes if args.modes is not None else ([] if args.schedule else ["continuous", "single"])
+    bad = [m for m in presets if m not in ("continuous", "single")]
     if bad:
-        raise ValueError(f"unknown mode(s) {bad}; expected continuous, single")
+        raise ValueError(f"unknown mode(s) {bad}; expected continuous, single (give other specs with --schedule)")
+    modes = list(dict.fromkeys(presets + _schedules(args)))
+    if not modes:
+        raise ValueError("sweep needs at least one mode: --modes or --schedule")
     if args.vector is None:
         raise ValueError("sweep needs --vector")
-    coeffs, scales = _sweep_grids(args)
+    coeffs, scales = _sweep_grids(args, modes)
     engine, vector, load_seconds = _load_with_vector(args)
     conditions = [Condition.baseline(b) for b in csv(args.baselines)]
-    conditions += sweep_conditions(vector, csv(args.layers, int), args.modes, coeffs=coeffs, scales=scales)
+    conditions += sweep_conditions(vector, csv(args.layers, int), modes, coeffs=coeffs, scales=scales,
+                                   style=args.steer_style)
     code, outcome = _run(args, "sweep", engine, vector, conditions, load_seconds)
-    axes = {m: ("coeff" if m in coeffs else "scale") for m in args.modes}
+    _write_heatmaps(args, outcome.summary, {m: ("coeff" if m in coeffs else "scale") for m in modes})
+    return code
+
+
+def _write_heatmaps(args, summary, axes: dict) -> None:
+    """The sweep's heatmaps, one file per benchmark, mode and metric; a spec's file is named by its slug (its text
+    may hold characters a file name cannot)."""
+    from dataclasses import replace
+
+    from lens_steer.engines.steer_spec import as_spec
+    from lens_steer.viz.figure_io import save_sweep_heatmaps
+
+    slugs = {m: as_spec(m).slug() for m in axes}
+    named = [replace(s, mode=slugs.get(s.mode, s.mode)) if s.mode is not None else s for s in summary]
     out = args.heatmaps or args.out / "heatmaps"
-    paths, message = save_sweep_heatmaps(outcome.summary, out, axes, png=args.png)
+    paths, message = save_sweep_heatmaps(named, out, {slugs[m]: a for m, a in axes.items()}, png=args.png)
     if message:
         print(f"lens-steer sweep: {message}", file=sys.stderr)
     print(f"wrote {len(paths)} heatmap files to {out}", file=sys.stderr)
-    return code
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
@@ -189,7 +245,8 @@ def _report(args) -> int:
 
 COMMANDS = [
     ("eval", "run conditions (direct, cot, steered, ...) on benchmarks; resumable", _eval_args, locked("eval", _eval)),
-    ("sweep", "grid search over layers x coefficients x modes on a dev subset; resumable", _sweep_args,
+    ("sweep", "grid search over layers x coefficients x modes (or steering schedules) on a dev subset; resumable",
+     _sweep_args,
      locked("sweep", _sweep)),
     ("report", "write the markdown results document from eval/sweep directories", _report_args, _report),
 ]

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from lens_steer.cli.args import (
-    add_generation_args, add_model_args, add_question_args, add_template_args, generation_config, load_engine,
-    locked, questions, template,
+    SCHEDULE_HELP, add_generation_args, add_model_args, add_question_args, add_template_args, check_steering_tokens,
+    generation_config, load_engine, locked, questions, steering_mode, template,
 )
 from lens_steer.storage import json_text
 
@@ -61,8 +61,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vector", type=Path, default=None, help="steering vector directory")
     p.add_argument("--layer", type=int, default=None, help="layer to steer (with --vector)")
     p.add_argument("--coeff", type=float, default=None, help="steering coefficient (with --vector)")
-    p.add_argument("--mode", choices=["continuous", "single"], default=None,
-                   help="with --vector: continuous (default) or single")
+    p.add_argument("--mode", default=None, metavar="SPEC", help="with --vector: " + SCHEDULE_HELP)
     p.add_argument("--allow-other-model", action="store_true", help="use a vector derived on another checkpoint")
     p.add_argument("--out", type=Path, default=None, help="JSONL output, written when all are done (default: stdout)")
 
@@ -82,7 +81,7 @@ def _generate(args) -> int:
         if given:
             raise ValueError(f"{', '.join(given)} steer only with --vector: give --vector DIR, or leave "
                              f"{'it' if len(given) == 1 else 'them'} out for unsteered generation")
-    args.mode = args.mode or "continuous"
+    args.mode = steering_mode(args.mode or "continuous", "--mode")
     if args.out is not None:  # checked before any generation, so a bad --out loses nothing
         if args.out.is_dir() or args.out.name in ("", ".", ".."):
             raise ValueError(f"--out {args.out} is a directory: name the JSONL file to write")
@@ -98,8 +97,14 @@ def _generate(args) -> int:
     steering = (Steering(vector, args.layer, args.coeff, args.mode, args.allow_other_model)  # checked before loading
                 if vector is not None else None)
     generation = generation_config(args)  # checked before loading too
+    if steering is not None:  # and what the engine declares it can apply
+        from lens_steer.engines.registry import require_steering
+
+        require_steering(args.engine, steering, "--mode")
     engine = load_engine(args)
     tok = engine.tokenizer
+    if steering is not None:
+        check_steering_tokens(steering, tok, "--mode")
     prompts = [encode_prompt(tok, it["question"], args.prompt_style, template(args)) for it in items]
     gens = engine.generate(prompts, generation, steering=steering, progress=not args.no_progress)
     lines = []

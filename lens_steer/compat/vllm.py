@@ -250,6 +250,11 @@ def splitting_ops(extra: str) -> list[str]:
             "vllm::unified_mla_kv_cache_update", extra]
 
 
+def max_model_len(llm) -> int:
+    """The longest sequence (prompt + response tokens) the engine serves."""
+    return int(llm.llm_engine.vllm_config.model_config.max_model_len)
+
+
 def block_size(llm) -> int:
     """The engine's KV-cache block size (prefixes are cached and reused in whole blocks)."""
     return int(llm.llm_engine.vllm_config.cache_config.block_size)

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from torch import Tensor
 
 from lens_steer.config import GenerationConfig
-from lens_steer.engines.base import STEER_MODES, Engine, Generation, ResidualSums, SteerMode, Steering
+from lens_steer.engines.base import Engine, Generation, ResidualSums, SteerMode, Steering
+from lens_steer.engines.steer_spec import SteerSpec
 from lens_steer.engines.bridge import BridgeEngine, engine_for
 from lens_steer.engines.registry import open_engine
 
@@ -80,11 +81,12 @@ def steer(
     vector,
     layer: int,
     coeff: float,
-    mode: SteerMode = "continuous",
+    mode: SteerMode | str | SteerSpec = "continuous",
     *,
     allow_other_model: bool = False,
 ) -> Iterator[Tensor]:
-    """Add ``coeff * vector[layer]`` to ``blocks.{layer}.hook_resid_post`` inside the block.
+    """Steer ``blocks.{layer}.hook_resid_post`` with ``coeff * vector[layer]`` inside the block (by default: add it
+    at every position).
 
     For notebook use: every generation and forward pass of the bridge inside the block is
     steered (see :mod:`lens_steer.engines.steering` for the modes). Pipelines pass a
@@ -99,7 +101,8 @@ def steer(
         vector: A ``SteeringVector`` or a ``[d_model]`` / ``[n_layers, d_model]`` tensor.
         layer: Block whose output is steered.
         coeff: Multiplier c (negative subtracts the direction).
-        mode: ``"continuous"`` or ``"single"``.
+        mode: ``"continuous"`` or ``"single"`` (the paper's), or where, when and how to steer: a
+            :class:`~lens_steer.engines.steer_spec.SteerSpec` or its text (``"at=first:16,op=clamp"``).
         allow_other_model: Accept a vector derived on another checkpoint.
 
     Yields:
@@ -109,8 +112,6 @@ def steer(
         >>> with steer(model, vec, layer=16, coeff=20.0, mode="single"):
         ...     out = generate(model, prompts, cfg)
     """
-    if mode not in STEER_MODES:
-        raise ValueError(f"unknown steering mode {mode!r}; expected one of {STEER_MODES}")
     with bridge_engine(model).steering(Steering(vector, layer, coeff, mode, allow_other_model)) as deltas:
         yield deltas[0]
 

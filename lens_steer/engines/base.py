@@ -13,6 +13,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from lens_steer.config import GenerationConfig
+from lens_steer.engines.steer_spec import SteerSpec, as_spec
 from lens_steer.models import ModelInfo
 
 __all__ = [
@@ -32,33 +33,44 @@ __all__ = [
 
 SteerMode = Literal["continuous", "single"]
 STEER_MODES: tuple[str, ...] = ("continuous", "single")
+"""The paper's two modes, the presets of :class:`~lens_steer.engines.steer_spec.SteerSpec`."""
 Positions = Literal["generated", "prompt", "all"]
 POSITIONS: tuple[str, ...] = ("generated", "prompt", "all")
 
 
 @dataclass(frozen=True, eq=False)
 class Steering:
-    """Add ``coeff * vector[layer]`` to the residual stream after block ``layer``.
+    """Steer the residual stream after block ``layer`` with ``coeff`` and ``vector[layer]``: where, when and how
+    given by ``mode`` (by default the paper's: add ``coeff * vector[layer]`` at every position).
 
     Attributes:
         vector: A :class:`~lens_steer.method.vectors.SteeringVector`, a ``[d_model]`` tensor or a
             ``[n_layers, d_model]`` tensor.
         layer: Block whose output (``blocks.{layer}.hook_resid_post``) is steered.
         coeff: The multiplier c (negative subtracts the direction); must be finite.
-        mode: ``"continuous"`` (every position of every forward pass) or ``"single"`` (only the
-            prompt's positions).
+        mode: ``"continuous"`` (every position of every forward pass) or ``"single"`` (only the prompt's
+            positions), the paper's two modes; or a :class:`~lens_steer.engines.steer_spec.SteerSpec` or its
+            compact text (``"at=first:16,op=clamp"``: see :mod:`lens_steer.engines.steer_spec`). Stored as the
+            canonical text (a preset's name for the presets); :attr:`spec` holds the parsed spec.
         allow_other_model: Accept a vector derived on another checkpoint of the same shape.
+
+    Example:
+        >>> Steering(vec, 15, 2.0, "single")
+        >>> Steering(vec, 15, 2.0, SteerSpec(Where.first(16), Strength.linear(1, 0, 16)))
+        >>> Steering(vec, 15, 1.0, "at=trigger:\\n\\n,op=add-norm")
     """
 
     vector: Any
     layer: int
     coeff: float
-    mode: SteerMode = "continuous"
+    mode: SteerMode | str | SteerSpec = "continuous"
     allow_other_model: bool = False
+    spec: SteerSpec = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.mode not in STEER_MODES:
-            raise ValueError(f"unknown steering mode {self.mode!r}; expected one of {STEER_MODES}")
+        spec = as_spec(self.mode)
+        object.__setattr__(self, "spec", spec)
+        object.__setattr__(self, "mode", spec.text)
         if isinstance(self.layer, bool) or not isinstance(self.layer, int):
             raise IndexError(f"layer must be an int block index, got {self.layer!r}")
         if not math.isfinite(float(self.coeff)):
@@ -70,7 +82,8 @@ class Steering:
 
 
 SteeringPlan = tuple[Steering, ...]
-"""The steerings applied together to one request (empty: unsteered)."""
+"""The steerings applied together to one request (empty: unsteered), in order: at each layer each steering
+acts on the stream the one before it left; layers in forward order."""
 
 
 def normalise_steering(
@@ -233,6 +246,11 @@ class Engine(Protocol):
     @property
     def device_name(self) -> str:
         """Device, e.g. ``"cpu"``."""
+
+    @property
+    def context_length(self) -> int | None:
+        """Most tokens (prompt + response) a request may span (None: unknown); longer requests are refused
+        before they run (:func:`check_fits_context`)."""
 
     def attention_kernel(self) -> str:
         """The attention kernel a plain forward runs now (recorded with results)."""

@@ -1,7 +1,8 @@
 """The TransformerBridge engine: batched, left-padded, KV-cached generation from token ids, steering
-hooks installed from :class:`~lens_steer.engines.base.Steering` specs, residual sums read during
-generation, on the fast path where it applies. The engine owns its state (fast-path settings,
-active single-mode steerers); nothing is hung on the bridge.
+hooks installed from :class:`~lens_steer.engines.base.Steering` specs (every position kind, schedule and
+operator of :mod:`lens_steer.engines.steer_spec`), residual sums read during generation, on the fast path
+where it applies. The engine owns its state (fast-path settings, active steerers that restart per prompt);
+nothing is hung on the bridge.
 
 Threads: every engine call and steering block holds the bridge's one re-entrant lock
 (:attr:`BridgeEngine.lock`) from start to end, so another thread's call waits its turn; inside a
@@ -24,6 +25,7 @@ from lens_steer.engines.base import (Generation, ResidualSums, Steering, Steerin
 from lens_steer.engines.decoding import check_finite, left_pad, next_token, plan_batches
 from lens_steer.engines.fastpath import FastPath
 from lens_steer.engines.hooks import attach, this_thread_only
+from lens_steer.engines.selection import PositionSteerer
 from lens_steer.engines.steering import SingleSteerer, steering_hooks
 from lens_steer.models import ModelInfo, hf_model, model_info, n_layers, resid_post_name, stop_token_ids
 
@@ -96,7 +98,7 @@ class BridgeEngine:
     def __init__(self, model) -> None:
         self.model = model
         self.fast_path = FastPath(model)
-        self.single_steerers: list[SingleSteerer] = []
+        self.single_steerers: list[SingleSteerer | PositionSteerer] = []  # restarted per batch (new_sequence)
         self.lock = _lock_of(model)
 
     # ------------------------------------------------------------ identity
@@ -145,7 +147,8 @@ class BridgeEngine:
             yield deltas
 
     def new_sequence(self) -> None:
-        """Tell active single-mode steerers that the next forward pass is a new prompt."""
+        """Tell active steerers that restart per prompt (single mode, position kinds) that the next forward pass is
+        a new prompt."""
         for steerer in self.single_steerers:
             steerer.new_sequence()
 

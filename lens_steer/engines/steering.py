@@ -1,14 +1,18 @@
-"""Steering on a TransformerBridge: the one direction resolver, the hooks that add c·v (continuous or
-single) or project a direction out at ``blocks.{l}.hook_resid_post``, and :func:`ablate_direction`
-(:func:`lens_steer.engines.api.steer` is built on the same hooks).
+"""Steering on a TransformerBridge: the one direction resolver, the hooks that steer at
+``blocks.{l}.hook_resid_post`` (the paper's two modes here, every other
+:class:`~lens_steer.engines.steer_spec.SteerSpec` through :mod:`lens_steer.engines.selection`), and
+:func:`ablate_direction` (:func:`lens_steer.engines.api.steer` is built on the same hooks).
 
-Modes:
+The paper's modes:
 
 * ``"continuous"``: every position of every forward pass (the prompt and each generated token).
 * ``"single"``: only the positions of the prompt. The prompt is the first forward pass inside
   the context, or the first after the engine starts a new batch. With a KV cache the prompt's
   keys and values carry the steering and decode steps get nothing; without one, every re-run of
   the full sequence steers positions ``[0, prompt_len)`` again, so both give the same tokens.
+
+Other specs follow the same rule for what "the prompt" is, and decide every other position from the
+request's own tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch import Tensor
 
 from lens_steer.engines.base import Steering
 from lens_steer.engines.hooks import attach, attach_forward_pre_hook
+from lens_steer.engines.selection import PositionSteerer, resolve_spec
 from lens_steer.models import ModelInfo, hf_model, layer_span, model_info, resid_post_name
 
 __all__ = ["LARGE_STEERING", "SingleSteerer", "ablate_direction", "check_delta_finite", "resolve_direction",
@@ -128,6 +133,8 @@ def steering_delta(info: ModelInfo, s, dtype: torch.dtype = torch.float32) -> Fl
     delta = coeff * direction
     check_delta_finite(delta, s, dtype)
     resid = getattr(s.vector, "resid_norm", None)
+    if s.spec.op == "ablate":  # its coefficient is the fraction of the component removed, not a size
+        resid = None
     if resid is not None and 0 <= s.layer < len(resid) and float(resid[s.layer]) > 0:
         ratio = abs(coeff) * norm / float(resid[s.layer])
         if ratio > LARGE_STEERING:
@@ -169,29 +176,37 @@ class SingleSteerer:
 
 @contextmanager
 def steering_hooks(model, plan: Sequence[Steering], info: ModelInfo, registry: list) -> Iterator[list[Tensor]]:
-    """Attach the hooks of every steering in ``plan`` to the bridge; remove exactly them on exit.
+    """Attach the hooks of every steering in ``plan`` to the bridge, in plan order; remove exactly them on exit.
 
-    Every direction is resolved (and so checked) before anything is attached. Single-mode
-    steerers are added to ``registry`` (the engine's, which restarts them per batch) while active.
+    The paper's presets install their own hooks (continuous: ``x + c·v``; single: :class:`SingleSteerer`), so they
+    compute exactly what they always did; any other spec installs a
+    :class:`~lens_steer.engines.selection.PositionSteerer`. Every direction is resolved, and every trigger and
+    region marker encoded with the model's tokenizer (and so checked), before anything is attached. Steerers that
+    restart per prompt are added to ``registry`` (the engine's, which restarts them per batch) while active.
 
     Yields:
-        The added tensors ``coeff * v`` (in the model's dtype), one per steering.
+        The tensors ``coeff * v`` (in the model's dtype), one per steering.
     """
     param = next(hf_model(model).parameters())
-    deltas = []
+    deltas, resolved = [], []
     for s in plan:
         deltas.append(steering_delta(info, s, param.dtype).to(device=param.device, dtype=param.dtype))
+        resolved.append(None if s.spec.preset is not None else resolve_spec(s.spec, model.tokenizer))
     with ExitStack() as stack:
-        for s, delta in zip(plan, deltas):
+        for s, delta, spec in zip(plan, deltas, resolved):
             name = resid_post_name(s.layer)
-            if s.mode == "continuous":
+            if s.spec.preset == "continuous":
 
                 def add(x: Tensor, hook, delta=delta) -> Tensor:
                     return x + delta
 
                 stack.enter_context(attach(model, [(name, add)]))
                 continue
-            steerer = SingleSteerer(delta)
+            if s.spec.preset == "single":
+                steerer = SingleSteerer(delta)
+            else:
+                direction = resolve_direction(info, s.vector, s.layer, allow_other_model=s.allow_other_model)
+                steerer = PositionSteerer(spec, s.coeff, direction.to(device=param.device, dtype=torch.float32))
             stack.enter_context(attach_forward_pre_hook(hf_model(model), steerer.pre_forward))
             stack.enter_context(attach(model, [(name, steerer)]))
             registry.append(steerer)

@@ -18,15 +18,22 @@ from collections.abc import Sequence
 import torch
 
 from lens_steer.compat import vllm as vllm_compat
-from lens_steer.config import EMBEDDED_MODEL, GenerationConfig
-from lens_steer.engines.base import Generation, ResidualSums, normalise_steering
+from lens_steer.config import EMBEDDED_MODEL, GenerationConfig, torch_dtype
+from lens_steer.engines.base import (
+    Generation, ResidualSums, check_fits_context, context_length_of, normalise_steering,
+)
 from lens_steer.engines.steering import steering_delta
 from lens_steer.engines.vllm_steer import CAPTURE_OP, EXTRA_KEY, ROW_KEY
 from lens_steer.models import ModelInfo, fingerprint_of_sample, fingerprint_rows, stop_ids_of
 
-__all__ = ["VllmEngine", "vllm_available"]
+__all__ = ["VllmEngine", "open_vllm", "vllm_available"]
 
 _LIVE: list[weakref.ref] = []  # the open VllmEngine of this process (one at a time: the steering state is per process)
+
+
+CPU_MAX_MODEL_LEN = 8192
+"""The context a CPU engine serves unless ``max_model_len`` is given: a model's full context (32k for Qwen2.5)
+needs more KV cache than a CPU engine reserves, and this project's prompts and responses stay far below it."""
 
 
 def vllm_available() -> str:
@@ -41,12 +48,20 @@ def vllm_available() -> str:
 
 
 def _model_dir(name: str) -> str:
-    """A directory or hub name vLLM can load: the embedded GGUF's de-quantised cache, else ``name``."""
-    if name == EMBEDDED_MODEL:
-        from lens_steer.models import embedded_hf_dir
+    """A directory or hub name vLLM can load: for a named offline model or a ``.gguf`` file, the de-quantised
+    copy the bridge engine loads too (the same weights on both engines), else ``name``."""
+    from lens_steer.models.files import gguf_hf_dir, hf_dir, named_model
 
-        return str(embedded_hf_dir())
+    if named_model(name) is not None:
+        return str(hf_dir(name))
+    if name.endswith(".gguf"):
+        return str(gguf_hf_dir(name))
     return name
+
+
+def open_vllm(model: str, *, device: str, dtype: str, capture_residuals: bool, **options) -> VllmEngine:
+    """The registry's opener of the ``vllm`` engine (:mod:`lens_steer.engines.registry`; it checks the device)."""
+    return VllmEngine(model, dtype=dtype, capture_residuals=capture_residuals, **options)
 
 
 class VllmEngine:
@@ -109,6 +124,9 @@ class VllmEngine:
                                                 "cudagraph_mode": "PIECEWISE"}
         if gpu_memory_utilization is None:
             gpu_memory_utilization = 0.3 if not torch.cuda.is_available() else 0.85
+        if not torch.cuda.is_available() and "max_model_len" not in llm_kwargs:
+            # a CPU's KV cache is small: serve up to CPU_MAX_MODEL_LEN tokens unless asked for more
+            llm_kwargs["max_model_len"] = min(context_length_of(hf_config) or CPU_MAX_MODEL_LEN, CPU_MAX_MODEL_LEN)
         options = vllm_compat.engine_options(llm_kwargs, worker_extension=vllm_worker.EXTENSION)
         self.llm = LLM(model=path, dtype=dtype, max_num_batched_tokens=max_num_batched_tokens,
                        enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=True,
@@ -117,6 +135,8 @@ class VllmEngine:
         _LIVE[:] = [weakref.ref(self)]
         self.workers = workers
         self.block_size = vllm_compat.block_size(self.llm)
+        self.context_length = vllm_compat.max_model_len(self.llm)
+        """Most tokens (prompt + response) a request may span: longer prompts are refused before they run."""
         """KV-cache block size: prefixes are cached and reused in whole blocks."""
         self.last_cached_tokens: list[int] = []
         """Prompt tokens served from the prefix cache, per request of the last call (for benchmarks and tests)."""
@@ -203,10 +223,13 @@ class VllmEngine:
     def _register_plans(self, plans) -> tuple[list[str | None], dict[str, str]]:
         """Register each distinct plan with the workers; returns each request's plan key (``None``:
         unsteered) and each key's prefix-cache salt (:func:`_steering_salt`)."""
+        from lens_steer.engines.registry import require_steering
+
         keys: dict[tuple, str] = {}
         tables: dict[str, dict[int, tuple[torch.Tensor, bool]]] = {}
         out: list[str | None] = []
         for plan in plans:
+            require_steering(self, plan)  # the paper's presets only, until position specs are built here
             if not plan:
                 out.append(None)
                 continue
@@ -214,7 +237,7 @@ class VllmEngine:
             if ident not in keys:
                 deltas: dict[int, tuple[torch.Tensor, bool]] = {}
                 for s in plan:
-                    direction = steering_delta(self.info, s)
+                    direction = steering_delta(self.info, s, torch_dtype(self._dtype))
                     if s.layer in deltas:
                         prev, single = deltas[s.layer]
                         if single != (s.mode == "single"):
@@ -292,6 +315,7 @@ class VllmEngine:
                 raise ValueError("residual capture under CUDA graphs needs VllmEngine(..., capture_residuals=True)")
         if not prompts:
             return []
+        check_fits_context(prompts, config.max_new_tokens, self.context_length)
         # With residual sums, one more token is generated so the last response token is fed back (and
         # read) also when a response is cut at max_new_tokens; the extra token is dropped below.
         n_new = config.max_new_tokens + (1 if residuals is not None else 0)
@@ -323,6 +347,7 @@ class VllmEngine:
         prompts = [list(map(int, p)) for p in prompts]
         if not prompts:
             return []
+        check_fits_context(prompts, 0, self.context_length)
         outputs = self._submit(prompts, steering, lambda i, extra, skip_cache: SamplingParams(
             max_tokens=1, temperature=0.0, logprobs=top_k, detokenize=False, extra_args=extra,
             skip_reading_prefix_cache=skip_cache), progress=False)

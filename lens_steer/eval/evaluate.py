@@ -12,14 +12,15 @@ from lens_steer.config import GenerationConfig, torch_dtype
 from lens_steer.data.registry import Example, benchmark_key
 from lens_steer.engines.api import as_engine
 from lens_steer.engines.base import Steering
-from lens_steer.engines.registry import capabilities_of
+from lens_steer.engines.registry import capabilities_of, require_steering
+from lens_steer.engines.selection import resolve_spec
 from lens_steer.engines.steering import steering_delta
 from lens_steer.eval.conditions import Condition
 from lens_steer.eval.results import ItemRow
 from lens_steer.eval.scoring import is_cot_style, score
 from lens_steer.prompts import DEFAULT_TEMPLATE, PromptTemplate, encode_prompt
 
-__all__ = ["evaluate"]
+__all__ = ["check_conditions", "evaluate"]
 
 
 def _chunks(prompts: Sequence[Sequence[int]], size: int) -> list[list[int]]:
@@ -85,7 +86,7 @@ def evaluate(
         raise ValueError(f"chunk_size must be >= 1, got {size}")
     done = set(done)
     engine = as_engine(model)
-    _check_steerings(engine, conditions, vector, allow_other_model)
+    check_conditions(engine, conditions, vector, allow_other_model)
     tok = engine.tokenizer
     prompts_by_style: dict[str, list[list[int]]] = {}
     plan = []
@@ -127,16 +128,29 @@ def evaluate(
     return rows
 
 
-def _check_steerings(engine, conditions: Sequence[Condition], vector, allow_other_model: bool) -> None:
-    """Refuse a steered condition this model cannot take (layer, width, another model's vector, c·v not finite
-    in its dtype) before anything is generated, not when its turn comes."""
+def check_conditions(engine, conditions: Sequence[Condition], vector, allow_other_model: bool = False) -> None:
+    """Refuse a steered condition this engine or model cannot take before anything is generated, not when its turn
+    comes: a spec the engine does not declare, a layer out of range, another width or model's vector, c·v not
+    finite in its dtype, a trigger or region marker that is not the model's tokens.
+
+    Raises:
+        ValueError: one line (a :class:`~lens_steer.engines.registry.CapabilityError`; a bad trigger or marker
+            named with its condition and field; ...).
+    """
+    from lens_steer.engines.steer_spec import SpecError
+
     dtype = torch_dtype(engine.dtype_name)
     for cond in conditions:
         if cond.steered:
+            steering = Steering(vector, cond.layer, cond.coeff, cond.mode, allow_other_model)
+            require_steering(engine, steering, f"condition {cond.key}")
+            try:
+                resolve_spec(steering.spec, engine.tokenizer)
+            except SpecError as exc:
+                raise ValueError(f"condition {cond.key}: {exc}") from None
             with warnings.catch_warnings():  # the large-steering warning comes when the condition runs
                 warnings.simplefilter("ignore", RuntimeWarning)
-                steering_delta(engine.info, Steering(vector, cond.layer, cond.coeff, cond.mode, allow_other_model),
-                               dtype)
+                steering_delta(engine.info, steering, dtype)
 
 
 def _row(example: Example, cond: Condition, gen, seconds: float) -> ItemRow:

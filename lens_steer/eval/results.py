@@ -28,7 +28,8 @@ class ItemRow:
     Attributes:
         id: Item id. benchmark: Reporting key (``gsm8k``, ``agieval:<task>``, ...).
         source / subset: The item's source and subset. condition: The condition key.
-        name / style / layer / coeff / scale / mode: The condition's parts.
+        name / style / layer / coeff / scale / mode: The condition's parts (``mode``: a preset's name or a steering
+            spec's canonical text, see :mod:`lens_steer.engines.steer_spec`).
         answer: Gold answer. predicted: Extracted answer (None if unparsed). parsed / correct: Scoring.
         cot_style: :func:`lens_steer.eval.scoring.is_cot_style` of the response.
         n_tokens / stopped / prompt_tokens: Generation facts. gen_seconds: The chunk's time shared equally.

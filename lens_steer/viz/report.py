@@ -38,7 +38,8 @@ def _cond_label(s: SummaryRow) -> str:
     if s.mode is None:
         return s.name
     scale = f", {s.scale:.2g}×" if s.scale is not None else ""
-    return f"{s.name} (l={s.layer}, c={s.coeff:.3g}{scale})"
+    spec = f", {s.mode}" + (f", {s.style} prompt" if s.style != "direct" else "") if s.name == "steered" else ""
+    return f"{s.name} (l={s.layer}, c={s.coeff:.3g}{scale}{spec})"
 
 
 def _cells(s: SummaryRow) -> tuple[str, str, str, str, str]:
@@ -196,7 +197,8 @@ def _sweep_section(run: RunRecord, summary: Sequence[SummaryRow], best: Mapping[
         lines.append("")
         for mode, s in best.items():
             if s:
-                lines.append(f"- {mode}: layer {s.layer}, scale {s.scale:.3g} (c = {s.coeff:.4g}): "
+                size = f"scale {s.scale:.3g} (c = {s.coeff:.4g})" if s.scale is not None else f"c = {s.coeff:.4g}"
+                lines.append(f"- {mode}: layer {s.layer}, {size}: "
                              f"dev accuracy {_pct(s.accuracy)} %, CoT-style {_pct(s.cot_style_rate)} %.")
         lines.append("")
     pngs = [h for h in heatmaps if h.endswith(".png")]

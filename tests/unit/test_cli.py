@@ -77,7 +77,8 @@ def test_two_pass_derivation_refused_off_the_bridge(capsys, tmp_path):
     assert main(["derive", "--engine", "vllm", "--method", "two_pass", "--corpus", "demo", "--out", str(out)]) != 0
     assert not list(tmp_path.iterdir())  # refused before anything was written (the lock file removed again)
     err = capsys.readouterr().err
-    assert "use --method fused" in err and len(err.strip().splitlines()) == 1
+    assert "the vllm engine cannot re-read residuals" in err and "use --engine bridge" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_vllm_options_refused_on_the_bridge(capsys):
@@ -85,7 +86,8 @@ def test_vllm_options_refused_on_the_bridge(capsys):
 
     assert main(["generate", "--prompt", "What is 2+2?", "--tensor-parallel-size", "2"]) != 0
     err = capsys.readouterr().err
-    assert "--tensor-parallel-size apply to --engine vllm only" in err and len(err.strip().splitlines()) == 1
+    assert "--tensor-parallel-size applies to --engine vllm only, not --engine bridge" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def _one_line_error(capsys) -> str:
@@ -121,3 +123,54 @@ def test_figures_on_an_unreachable_hub_model_fails_in_seconds(tmp_path, capsys, 
     assert main(["figures", "--vector", str(tmp_path / "v"), "--out", str(tmp_path / "figs"), "--no-png"]) == 2
     assert time.perf_counter() - start < 15
     assert "the hub is unreachable" in _one_line_error(capsys)
+
+
+def test_generate_with_a_schedule(tiny_dir, vector_dir, questions, tmp_path):
+    rows = {}
+    for mode in ("continuous", "op=clamp, at=first:2"):
+        out = tmp_path / "gen.jsonl"
+        assert main(["generate", "--model", str(tiny_dir), "--questions", str(questions), "--vector", str(vector_dir),
+                     "--layer", "2", "--coeff", "3", "--mode", mode, "--max-new-tokens", "5", "--out", str(out),
+                     "--no-progress"]) == 0
+        rows[mode] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["mode"] for r in rows["op=clamp, at=first:2"]] == ["at=first:2,op=clamp"] * 3  # the canonical text
+    assert [r["response"] for r in rows["op=clamp, at=first:2"]] != [r["response"] for r in rows["continuous"]]
+
+
+@pytest.mark.parametrize(("mode", "message", "loads"), [
+    ("at=window:5-3", "--mode 'at=window:5-3': at: window 5-3 is empty: its end (3) must be greater than its start (5)",
+     False),
+    ("op=mul", "--mode 'op=mul': op: unknown operator 'mul'; expected one of add, add-norm, clamp, ablate", False),
+    ("strength=linear:1:0", "--mode 'strength=linear:1:0': strength: '1:0' is not linear:FROM:TO:N", False),
+    ("at=trigger:é", "--mode 'at=trigger:é': at: trigger 'é' is not made of the model's tokens", True),
+    ("at=region:<think>..</think>", "at: region marker '<think>' is not in the model's vocabulary", True),
+])
+def test_bad_generate_schedules_exit_2_naming_the_field(tiny_dir, vector_dir, capsys, tmp_path, mode, message, loads):
+    out = tmp_path / "gen.jsonl"
+    assert main(["generate", "--model", str(tiny_dir), "--prompt", "Hi", "--vector", str(vector_dir), "--layer", "1",
+                 "--coeff", "1", "--mode", mode, "--no-progress", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.replace("\r", "\n")
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0] == f"lens-steer generate: error: {errors[0].split('error: ', 1)[1]}"
+    assert message in errors[0] and not out.exists()
+    assert ("Loading" in err) == loads  # a malformed spec is refused before the model loads
+
+
+def test_an_engine_that_cannot_apply_a_schedule_is_refused_before_loading(vector_dir, capsys):
+    assert main(["generate", "--engine", "vllm", "--prompt", "Hi", "--vector", str(vector_dir), "--layer", "1",
+                 "--coeff", "1", "--mode", "at=trigger:\\n\\n"]) == 2
+    err = _one_line_error(capsys)
+    assert ("the vllm engine cannot steer the tokens after a trigger (at=trigger), which --mode needs; use --engine "
+            "bridge") in err
+
+
+def test_schedule_help_has_the_grammar_and_examples(capsys):
+    for command in ("generate", "eval", "sweep"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = "".join(capsys.readouterr().out.split())  # argparse wraps lines wherever it likes
+        for part in ("continuous (every position", "single (the prompt's positions",
+                     "at=all|prompt|last|first:K|window:A-B|trigger:TEXT[|TEXT...]|region:OPEN..CLOSE",
+                     "strength=constant|linear:FROM:TO:N|step:BEFORE:AFTER:K", "op=add|add-norm|clamp|ablate",
+                     "'at=region:<think>..</think>,op=add-norm'", "'single,op=ablate'", "'at=first:16'"):
+            assert "".join(part.split()) in text, (command, part)

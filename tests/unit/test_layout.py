@@ -31,8 +31,9 @@ ALLOWED = {
     "notebook": {"compat", "storage", "config", "models", "engines", "data", "method", "eval", "analysis", "viz", "prompts"},
     "demo": {"compat", "storage", "config", "models", "engines", "data", "method", "eval", "analysis", "viz", "prompts"},
     "reproduce": {"compat", "storage", "config", "models", "engines", "data", "method", "eval", "analysis", "viz", "prompts"},
+    "serve": {"compat", "storage", "config", "models", "engines", "method", "prompts"},
     "cli": {"compat", "storage", "config", "models", "engines", "data", "method", "eval", "analysis", "viz", "prompts", "demo",
-            "interop", "reproduce"},
+            "interop", "reproduce", "serve"},
     "__init__": {"compat", "_version", "config", "models", "engines", "method", "prompts"},
 }
 MAX_LINES = 400

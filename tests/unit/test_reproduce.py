@@ -45,13 +45,17 @@ class CountingEngine:
         self.name = inner.name
 
     info = property(lambda self: self.inner.info)
-    model = property(lambda self: self.inner.model)  # the bridge engine's TransformerBridge (it declares hooks)
+    model = property(lambda self: self.inner.model)
+    context_length = property(lambda self: self.inner.context_length)  # the bridge engine's TransformerBridge (it declares hooks)
     tokenizer = property(lambda self: self.inner.tokenizer)
     dtype_name = property(lambda self: self.inner.dtype_name)
     device_name = property(lambda self: self.inner.device_name)
 
     def attention_kernel(self) -> str:
         return self.inner.attention_kernel()
+
+    def first_token_logprobs(self, prompts, **kw):
+        return self.inner.first_token_logprobs(prompts, **kw)
 
     def generate(self, prompts, config=GenerationConfig(), **kw):
         if self.fail_at is not None and self.calls + 1 == self.fail_at:

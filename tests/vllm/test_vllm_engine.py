@@ -166,3 +166,41 @@ def test_derived_vector_matches_the_bridge(vllm_engine, bridge):
           f"{cos.min().item():.6f}, mean {cos.mean().item():.6f}")
     assert cos.min() >= 0.999
     assert a.metadata.engine == "vllm"
+
+
+def test_an_architecture_it_cannot_steer_is_refused_in_one_line(tmp_path, capsys):
+    from transformers import GPT2Config
+
+    from lens_steer.cli import main
+    from lens_steer.compat import vllm as vllm_compat
+    from lens_steer.engines.vllm import VllmEngine
+
+    GPT2Config(n_layer=2, n_embd=128, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="cannot steer GPT2LMHeadModel") as err:
+        VllmEngine(str(tmp_path))
+    assert "\n" not in str(err.value) and all(a in str(err.value) for a in vllm_compat.ARCHITECTURES)
+    assert main(["generate", "--engine", "vllm", "--model", str(tmp_path), "--prompt", "hi"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "cannot steer GPT2LMHeadModel" in lines[0]
+
+
+def test_a_vllm_outside_the_tested_range_is_refused_in_one_line():
+    from lens_steer.compat import require
+    from lens_steer.compat import vllm as vllm_compat
+
+    with pytest.raises(ImportError, match=r"tested with vllm>=0\.32,<0\.33, but vllm 0\.34\.0") as err:
+        require("vllm", vllm_compat.SUPPORTED, version="0.34.0")
+    assert "\n" not in str(err.value)
+    from packaging.specifiers import SpecifierSet
+
+    assert vllm_compat.VERSION is not None and vllm_compat.VERSION in SpecifierSet(vllm_compat.SUPPORTED)
+
+
+def test_the_v2_model_runner_is_refused_in_one_line(monkeypatch):
+    from lens_steer.compat import vllm as vllm_compat
+
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    with pytest.raises(ValueError, match="V1 model runner only"):
+        vllm_compat.runner_environment()
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER")
+    assert vllm_compat.runner_environment().get("VLLM_USE_V2_MODEL_RUNNER", "0") == "0"

@@ -159,3 +159,38 @@ def test_probe_steering_grid_matches_steer(tiny, vector):
     assert raw.coeffs.tolist() == [[2.0]] and raw.mode == "single"
     with pytest.raises(IndexError):
         plot_probe(raw, question_index=3)
+
+
+@pytest.mark.parametrize("mode", ["continuous", "single", "at=window:2-5,strength=linear:1:0:3",
+                                  "at=trigger:x,span=2,op=clamp"])
+def test_trace_records_the_effective_coefficient_per_position(tiny, dirs, mode):
+    """Traced under a steering, the trace follows the steered answer and records e = c × factor at each position it
+    steers (0 elsewhere), as the engine applied it."""
+    from lens_steer.engines.api import steer
+    from lens_steer.engines.base import Steering
+
+    cfg = GenerationConfig(max_new_tokens=10)
+    steering = Steering(dirs, LAYER, 3.0, mode)
+    tr = projection_trace(tiny, QUESTIONS[0], dirs, LAYER, "direct", cfg, steering=steering)
+    with steer(tiny, dirs, LAYER, 3.0, mode):
+        same = projection_trace(tiny, QUESTIONS[0], dirs, LAYER, "direct", cfg)
+    assert tr.token_ids == same.token_ids and torch.equal(tr.projections, same.projections)
+    assert same.coefficients is None and tr.coefficients.shape == tr.projections.shape
+    n, ids = tr.n_prompt, tr.token_ids
+    expected = []
+    for p in range(len(ids)):
+        t = p - n
+        if mode == "continuous":
+            expected.append(3.0)
+        elif mode == "single":
+            expected.append(3.0 if t < 0 else 0.0)
+        elif mode.startswith("at=window"):
+            expected.append(3.0 * (1 - min(t, 3) / 3) if 2 <= t < 5 else 0.0)
+        else:
+            x = tiny.tokenizer.convert_tokens_to_ids("x")
+            expected.append(3.0 if t >= 0 and x in ids[max(0, p - 1):p + 1] else 0.0)
+    assert tr.coefficients.tolist() == pytest.approx(expected, abs=1e-6)
+    if mode.startswith("at=trigger"):
+        assert 0 < sum(e != 0 for e in expected) < tr.n_response
+    unsteered = projection_trace(tiny, QUESTIONS[0], dirs, LAYER, "direct", cfg)
+    assert unsteered.token_ids != tr.token_ids

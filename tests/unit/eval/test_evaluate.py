@@ -36,14 +36,7 @@ def _no_env_data_dir(monkeypatch):
     monkeypatch.delenv("LENS_STEER_DATA_DIR", raising=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model's matmuls are too small to gain from threads, and on a busy machine
-    OpenMP threads waiting for each other make these tests ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ DATA = DataSettings(benchmarks=("gsm8k", "arc"), limit=3, seed=0, data_dir=str(F
 GEN = GenerationConfig(max_new_tokens=3, batch_size=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

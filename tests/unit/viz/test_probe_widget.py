@@ -130,3 +130,64 @@ def test_widget_draws_whatever_its_run_callable_answers(vector):
     assert asked == [ProbeRequest(PROMPT, 2, 0.5, "scale", "continuous", "cot", "b", None)]
     assert view.message == "no model here (layer 2, b)" and view.figure is None and view.result is None
     assert ui.answers.value == view.html and html.escape(view.message) in view.html and ui.figure.outputs == ()
+
+
+def test_position_and_operator_choices(tiny, vector, menu):
+    """A request's position choice (with its argument), operator and strength make one steering spec; the probe's
+    steered trace records its effective coefficient at each position."""
+    from lens_steer.analysis.prompt_probe import request_mode
+
+    req = ProbeRequest(PROMPT, 1, 2.0, "coeff", mode="window", position_arg="1-4", op="clamp",
+                       strength="linear:1:0:3")
+    assert request_mode(req) == "at=window:1-4,strength=linear:1:0:3,op=clamp"
+    assert request_mode(ProbeRequest(PROMPT, 1, 2.0, mode="single", op="ablate")) == "at=prompt,op=ablate"
+    assert request_mode(ProbeRequest(PROMPT, 1, 2.0)) == "continuous"
+    view = probe_view(probe_request(tiny, vector, menu, req, CFG))
+    res = view.result
+    assert view.message == "" and res.mode == "at=window:1-4,strength=linear:1:0:3,op=clamp"
+    assert "<code>at=window:1-4,strength=linear:1:0:3,op=clamp</code>" in view.html
+    coeffs = res.steered.trace.coefficients
+    n = res.steered.trace.n_prompt
+    assert res.unsteered.trace.coefficients is None
+    assert coeffs[:n + 1].abs().sum() == 0 and coeffs[n + 4:].abs().sum() == 0  # window [1, 4) of generated tokens
+    assert coeffs[n + 1:n + 4].tolist() == pytest.approx([2 * 2 / 3, 2 * 1 / 3, 0.0])  # linear 1 -> 0 over 3 tokens
+
+
+@pytest.mark.parametrize(("request_", "needle"), [
+    (ProbeRequest(PROMPT, 1, 1.0, "coeff", mode="first"), "position first needs an argument: K"),
+    (ProbeRequest(PROMPT, 1, 1.0, "coeff", mode="window", position_arg="5-3"), "at: window 5-3 is empty"),
+    (ProbeRequest(PROMPT, 1, 1.0, "coeff", op="mul"), "op: unknown operator 'mul'"),
+    (ProbeRequest(PROMPT, 1, 1.0, "coeff", mode="trigger", position_arg="é"), "at: trigger 'é' is not made of"),
+    (ProbeRequest(PROMPT, 1, 1.0, "coeff", mode="region", position_arg="<think>..</think>"),
+     "region marker '<think>' is not in the model's vocabulary"),
+    (ProbeRequest(PROMPT, 1, 0.3, "scale", op="ablate"), "op=ablate takes a coefficient"),
+    (ProbeRequest(PROMPT, 1, 1.0, "coeff", mode="last", engine="vllm"), "vLLM is not importable"),
+])
+def test_bad_position_choices_give_one_line(tiny, vector, menu, request_, needle):
+    outcome = probe_request(tiny, vector, menu, request_, CFG)
+    assert outcome.result is None and needle in outcome.message and "\n" not in outcome.message
+
+
+def test_an_engine_that_does_not_declare_a_kind_is_refused(tiny, vector):
+    """The answering engine's declared capabilities are checked (the vLLM entry declares only the paper's modes)."""
+    from lens_steer.analysis.prompt_probe import ProbeInputError
+
+    class Named:
+        name = "vllm"
+        tokenizer = tiny.tokenizer
+
+    with pytest.raises(ProbeInputError, match=r"^the vllm engine cannot steer the last prompt token \(at=last\)"):
+        probe_prompt(tiny, vector, PROMPT, 1, 1.0, mode="at=last", engine=Named(), generation=CFG)
+
+
+def test_widget_offers_positions_and_operators(tiny, vector, menu):
+    pytest.importorskip("ipywidgets")
+    ui = probe_widget(tiny, vector, engines=menu, generation=CFG, layer=1, prompt=PROMPT, coeff=2.0)
+    assert ui.mode.options == ("continuous", "single", "last", "first", "window", "trigger", "region")
+    assert ui.op.options == ("add", "add-norm", "clamp", "ablate")
+    ui.mode.value, ui.position_arg.value, ui.op.value = "trigger", "x|B", "add-norm"
+    assert ui.request().mode == "trigger" and ui.request().position_arg == "x|B"
+    view = ui.run()
+    assert view.message == "" and view.result.mode == "at=trigger:x|B,op=add-norm"
+    ui.mode.value, ui.position_arg.value = "first", ""
+    assert "position first needs an argument" in ui.run().message
