@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Table, load_line, machine, median, run_worker  # noqa: E402
+from common import Table, load_line, median, parse_or_work, run_worker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,6 @@ def _timed_run(out: Path, settings, engine, vec) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--model", default="smollm2-135m-instruct",
                    help="model of both engines (e.g. qwen2.5-coder-0.5b-instruct after `make setup-qwen`)")
     p.add_argument("--n", type=int, default=32, help="GSM8K test items of the eval")
@@ -164,12 +163,9 @@ def main() -> None:
                    "engine's steering overhead on --n GSM8K test prompts)")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--out", default=str(REPO / "runs" / "bench" / "vllm"), help="derived vectors go here")
-    args = p.parse_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+    args = parse_or_work(p, worker)
+    if args is None:
         return
-    print("machine:", json.dumps(machine()))
-    print(load_line())
     spec = {"model": args.model, "n": args.n, "tokens": args.tokens, "batch": args.batch, "chunk": args.chunk,
             "step_tokens": args.step_tokens, "data_dir": args.data_dir, "sweep_n": args.sweep_n,
             "sweep_tokens": args.sweep_tokens, "sweep_layers": [int(x) for x in args.sweep_layers.split(",")],

@@ -135,6 +135,22 @@ def questions(n: int, seed: int = 0) -> list:
     return random.Random(seed).sample(list(corpus), n)
 
 
+def parse_or_work(p, worker: Callable[[dict], dict]):
+    """Parse the command line of a benchmark that measures in workers (:func:`run_worker`). In a worker
+    (``--worker JSON``) run ``worker(spec)``, print its JSON result and return None; else print the machine and
+    load lines every result starts with and return the parsed arguments."""
+    import argparse
+
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return None
+    print("machine:", json.dumps(machine()))
+    print(load_line())
+    return args
+
+
 def run_worker(script: Path, spec: dict, env: dict | None = None, timeout: float = 3600) -> dict:
     """Run ``script --worker JSON`` in a fresh interpreter and return the JSON it prints last."""
     full_env = {**os.environ, **(env or {})}

@@ -141,3 +141,17 @@ def pytest_collection_modifyitems(items):
             engine = engine.values[0]
         if engine == "vllm":
             item.add_marker(pytest.mark.vllm)
+
+
+@pytest.fixture
+def presets_only():
+    """A registered engine declaring only the paper's presets (``continuous``, ``single``), answering through the
+    bridge: what a new engine declares before it applies steering specs. Yields its name."""
+    from lens_steer.engines import registry
+
+    registry.register(registry.EngineSpec("presets-only", "the bridge, declaring only the paper's modes",
+                                          registry.Capabilities(), opener="lens_steer.engines.registry:_open_bridge"))
+    try:
+        yield "presets-only"
+    finally:
+        registry._REGISTRY.pop("presets-only", None)

@@ -13,9 +13,13 @@ steering before it is compiled; a worker extension (``worker_extension_cls``) ta
 steering graph. Internals touched, and why (none has a public equivalent):
 
 * The V1 model runner's ``_prepare_inputs`` (replaced on the engine's own runner instance, never on the
-  class), ``input_batch.req_ids`` / ``num_reqs`` / ``num_computed_tokens_cpu`` and ``runner.requests``:
-  the only place, outside the compiled graph and before every step (also before a CUDA-graph replay),
-  where the step's token order, each request's first position and its ``SamplingParams`` are all known.
+  class), ``input_batch.req_ids`` / ``num_reqs`` / ``num_computed_tokens_cpu`` / ``token_ids_cpu`` and
+  ``runner.requests``: the only place, outside the compiled graph and before every step (also before a
+  CUDA-graph replay), where the step's token order, each request's first position, its ``SamplingParams``
+  and its token ids (prompt and sampled so far, which trigger and region steering read) are all known.
+  ``runner.use_async_scheduling``: with async scheduling the last sampled token reaches ``token_ids_cpu``
+  only after the step it feeds, so :func:`engine_options` turns it off unless asked for (``async_scheduling``
+  is vLLM's own engine argument; the CPU build never uses it) and :func:`tokens_known` reports it.
   The V2 runner (0.32's default where Triton runs, i.e. CUDA) keeps these elsewhere and needs Triton,
   which the CPU build lacks, so it could not be run here: :func:`runner_environment` selects V1 where
   V2 would be the default and refuses an explicit ``VLLM_USE_V2_MODEL_RUNNER=1``.
@@ -43,7 +47,7 @@ from lens_steer.compat import require
 
 __all__ = ["ARCHITECTURES", "SUPPORTED", "VERSION", "StepRequest", "abort_unfinished", "before_each_step",
            "block_size", "check_architecture", "decoder_layers", "embedding_rows", "engine_options", "model_dims",
-           "register_loader", "runner_environment", "shutdown", "splitting_ops"]
+           "register_loader", "runner_environment", "shutdown", "splitting_ops", "tokens_known"]
 
 SUPPORTED = ">=0.32,<0.33"
 """The vLLM versions lens_steer is tested with (the ``vllm`` extra in ``pyproject.toml``)."""
@@ -91,9 +95,11 @@ stream after block ``l`` (checked against the bridge's ``blocks.{l}.hook_resid_p
 LOAD_FORMAT = "lens_steer"
 """The model-loader name lens_steer registers (it wraps the loader of ``model_loader_extra_config[INNER]``)."""
 INNER = "lens_steer_inner_load_format"
-GRAPH_TAG = "steering-buffers-v2"
+GRAPH_TAG = "steering-buffers-v3"
 """Keys vLLM's compile caches (``additional_config``): a graph compiled without lens_steer's layer hooks
 (plain vLLM on the same model) is never loaded for a steerable engine, nor the reverse."""
+SLOTS_KEY = "lens_steer_slots"
+"""``additional_config`` key: the operator slots per layer the steering hook is traced with (part of the graph)."""
 
 
 class StepRequest(NamedTuple):
@@ -106,6 +112,10 @@ class StepRequest(NamedTuple):
     """Position of the request's first token scheduled in this step."""
     n: int
     """Tokens of the request scheduled in this step."""
+    req_id: str = ""
+    tokens: Any = None
+    """The request's token ids by position (a view of the runner's buffer, valid during the fill only; at least
+    positions ``[0, first + n)``), or None where the runner does not hold them before the step."""
 
 
 def check_architecture(architecture: str) -> str:
@@ -134,9 +144,11 @@ def runner_environment() -> dict[str, str]:
     return env
 
 
-def engine_options(llm_kwargs: dict[str, Any], *, worker_extension: str) -> dict[str, Any]:
-    """``llm_kwargs`` for ``vllm.LLM`` with lens_steer's loader, worker extension and cache key added."""
+def engine_options(llm_kwargs: dict[str, Any], *, worker_extension: str, steer_slots: int = 0) -> dict[str, Any]:
+    """``llm_kwargs`` for ``vllm.LLM`` with lens_steer's loader, worker extension and cache key (the graph's
+    operator slots included) added, and async scheduling off unless asked for (see the module docstring)."""
     out = dict(llm_kwargs)
+    out.setdefault("async_scheduling", False)
     inner = out.pop("load_format", "auto")
     inner = "auto" if inner == LOAD_FORMAT else inner
     extra = dict(out.pop("model_loader_extra_config", None) or {})
@@ -144,6 +156,7 @@ def engine_options(llm_kwargs: dict[str, Any], *, worker_extension: str) -> dict
         raise ValueError("the vLLM engine sets worker_extension_cls itself; it cannot take another")
     additional = dict(out.pop("additional_config", None) or {})
     additional["lens_steer"] = GRAPH_TAG
+    additional[SLOTS_KEY] = int(steer_slots)
     extra[INNER] = inner
     return {**out, "load_format": LOAD_FORMAT, "model_loader_extra_config": extra,
             "worker_extension_cls": worker_extension, "additional_config": additional}
@@ -185,11 +198,13 @@ _REGISTERED: list = []
 
 
 def model_dims(vllm_config) -> dict[str, Any]:
-    """The architecture, depth, width, dtype, device and largest step (tokens) of the model being built."""
+    """The architecture, depth, width, dtype, device and largest step (tokens) of the model being built, and the
+    operator slots per layer its engine asked for (:func:`engine_options`)."""
     mc = vllm_config.model_config
     return {"architecture": (mc.architectures or ["?"])[0], "n_layers": int(mc.hf_text_config.num_hidden_layers),
             "d_model": int(mc.get_hidden_size()), "dtype": mc.dtype, "device": vllm_config.device_config.device,
-            "max_tokens": int(vllm_config.scheduler_config.max_num_batched_tokens)}
+            "max_tokens": int(vllm_config.scheduler_config.max_num_batched_tokens),
+            "steer_slots": int((vllm_config.additional_config or {}).get(SLOTS_KEY, 0))}
 
 
 def decoder_layers(model, n_layers: int) -> dict[int, Any]:
@@ -221,13 +236,20 @@ def before_each_step(runner, fill: Callable[[list[StepRequest]], None]) -> None:
     runner._prepare_inputs = _prepare_inputs
 
 
+def tokens_known(runner) -> bool:
+    """Whether the runner's ``token_ids_cpu`` holds every request's sampled tokens before the step they feed
+    (not so under async scheduling)."""
+    return not getattr(runner, "use_async_scheduling", False)
+
+
 def _step_requests(runner, num_scheduled_tokens) -> Iterator[StepRequest]:
     batch = runner.input_batch
+    token_rows = batch.token_ids_cpu if tokens_known(runner) else None
     for i, req_id in enumerate(batch.req_ids[:batch.num_reqs]):
         req = runner.requests[req_id]
         extra = getattr(req.sampling_params, "extra_args", None) or {}
         yield StepRequest(extra, int(req.num_prompt_tokens), int(batch.num_computed_tokens_cpu[i]),
-                          int(num_scheduled_tokens[i]))
+                          int(num_scheduled_tokens[i]), req_id, None if token_rows is None else token_rows[i])
 
 
 def embedding_rows(model, rows: list[int]) -> dict[int, Any]:

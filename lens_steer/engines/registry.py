@@ -149,12 +149,14 @@ _BUILTIN = (
                             residual_capture=True, reread_residuals=True, first_token_logprobs=True, hooks=True),
                opener=f"{__name__}:_open_bridge"),
     EngineSpec("vllm", "vLLM (`make setup-vllm`): steering inside the compiled model, continuous batching",
-               Capabilities(residual_capture=True, mixed_steering=True, first_token_logprobs=True,
+               Capabilities(steer_positions=POSITION_KINDS, steer_schedules=SCHEDULE_KINDS, steer_operators=OPERATORS,
+                            residual_capture=True, mixed_steering=True, first_token_logprobs=True,
                             tensor_parallel=True, pipeline_parallel=True, prefix_cache=True),
                opener="lens_steer.engines.vllm:open_vllm",
                options=("tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend",
                         "gpu_memory_utilization", "max_num_batched_tokens", "enforce_eager",
-                        "enable_prefix_caching", "block_size", "kv_cache_memory_bytes", "max_model_len"),
+                        "enable_prefix_caching", "block_size", "kv_cache_memory_bytes", "max_model_len",
+                        "steer_slots"),
                availability="lens_steer.engines.vllm:vllm_available", devices=("cpu", "cuda")),
 )
 _REGISTRY: dict[str, EngineSpec] = {spec.name: spec for spec in _BUILTIN}

@@ -10,7 +10,6 @@ stream after every block at the response tokens (stop token excluded), as runnin
 
 from __future__ import annotations
 
-import hashlib
 import os
 import weakref
 from collections.abc import Sequence
@@ -22,14 +21,19 @@ from lens_steer.config import EMBEDDED_MODEL, GenerationConfig, torch_dtype
 from lens_steer.engines.base import (
     Generation, ResidualSums, check_fits_context, context_length_of, normalise_steering,
 )
-from lens_steer.engines.steering import steering_delta
-from lens_steer.engines.vllm_steer import CAPTURE_OP, EXTRA_KEY, ROW_KEY
+from lens_steer.engines.vllm_capture import CAPTURE_OP, ROW_KEY
+from lens_steer.engines.vllm_plans import compile_plan, steering_salt
+from lens_steer.engines.vllm_steer import EXTRA_KEY
 from lens_steer.models import ModelInfo, fingerprint_of_sample, fingerprint_rows, stop_ids_of
 
 __all__ = ["VllmEngine", "open_vllm", "vllm_available"]
 
 _LIVE: list[weakref.ref] = []  # the open VllmEngine of this process (one at a time: the steering state is per process)
 
+
+STEER_SLOTS = 2
+"""Operator slots per layer by default: steerings of one request applied in order at one layer after its leading
+presets (each slot costs every step a few element-wise passes over the stream)."""
 
 CPU_MAX_MODEL_LEN = 8192
 """The context a CPU engine serves unless ``max_model_len`` is given: a model's full context (32k for Qwen2.5)
@@ -80,9 +84,13 @@ class VllmEngine:
             CPU or with ``enforce_eager``, where it is always possible.
         enable_prefix_caching: Reuse the KV cache of shared prompt prefixes (the chat template and the
             question that a CoT and a direct prompt share). Keyed by the steering: a steered request's
-            blocks are salted with a hash of its ``c·v`` per layer and mode, so a prefix computed without
-            steering never serves a steered prompt, or the reverse. A derivation that averages prompt
+            blocks are salted with a hash of its ``c·v`` per layer and mode and of each other steering's spec
+            text and direction, so a prefix computed without steering never serves a steered prompt, or the
+            reverse, or another steering. A derivation that averages prompt
             positions (``positions`` ``"prompt"``/``"all"``) reads no cached prefix: it must compute them.
+        steer_slots: Operator slots per layer (default :data:`STEER_SLOTS`): how many steerings of one request
+            that are not the paper's presets (or follow a spec) apply in order at one layer. 0 compiles the
+            presets-only graph of earlier versions (and refuses every other spec).
         tensor_parallel_size: Tensor-parallel workers (every rank adds the same ``c·v``: the residual
             stream is whole on each rank after a block). ``pipeline_parallel_size`` (in ``llm_kwargs``)
             works the same way, each stage steering and reading its own layers.
@@ -96,7 +104,7 @@ class VllmEngine:
     def __init__(self, model: str = EMBEDDED_MODEL, *, dtype: str = "float32", max_num_batched_tokens: int = 2048,
                  gpu_memory_utilization: float | None = None, enforce_eager: bool = False,
                  capture_residuals: bool = False, tensor_parallel_size: int = 1, seed: int = 0,
-                 enable_prefix_caching: bool = True, **llm_kwargs) -> None:
+                 enable_prefix_caching: bool = True, steer_slots: int = STEER_SLOTS, **llm_kwargs) -> None:
         reason = vllm_available()
         if reason:
             raise RuntimeError(reason)
@@ -127,7 +135,11 @@ class VllmEngine:
         if not torch.cuda.is_available() and "max_model_len" not in llm_kwargs:
             # a CPU's KV cache is small: serve up to CPU_MAX_MODEL_LEN tokens unless asked for more
             llm_kwargs["max_model_len"] = min(context_length_of(hf_config) or CPU_MAX_MODEL_LEN, CPU_MAX_MODEL_LEN)
-        options = vllm_compat.engine_options(llm_kwargs, worker_extension=vllm_worker.EXTENSION)
+        if isinstance(steer_slots, bool) or not isinstance(steer_slots, int) or not 0 <= steer_slots <= 8:
+            raise ValueError(f"steer_slots must be an integer from 0 to 8, got {steer_slots!r}")
+        self.steer_slots = steer_slots
+        options = vllm_compat.engine_options(llm_kwargs, worker_extension=vllm_worker.EXTENSION,
+                                             steer_slots=steer_slots)
         self.llm = LLM(model=path, dtype=dtype, max_num_batched_tokens=max_num_batched_tokens,
                        enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=True,
                        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
@@ -221,36 +233,24 @@ class VllmEngine:
 
     # ------------------------------------------------------------ generation
     def _register_plans(self, plans) -> tuple[list[str | None], dict[str, str]]:
-        """Register each distinct plan with the workers; returns each request's plan key (``None``:
-        unsteered) and each key's prefix-cache salt (:func:`_steering_salt`)."""
-        from lens_steer.engines.registry import require_steering
-
+        """Register each distinct plan with the workers (:func:`~lens_steer.engines.vllm_plans.compile_plan`);
+        returns each request's plan key (``None``: unsteered) and each key's prefix-cache salt."""
         keys: dict[tuple, str] = {}
-        tables: dict[str, dict[int, tuple[torch.Tensor, bool]]] = {}
+        tables: dict[str, dict] = {}
         out: list[str | None] = []
         for plan in plans:
-            require_steering(self, plan)  # the paper's presets only, until position specs are built here
             if not plan:
                 out.append(None)
                 continue
             ident = tuple(s.key() for s in plan)
             if ident not in keys:
-                deltas: dict[int, tuple[torch.Tensor, bool]] = {}
-                for s in plan:
-                    direction = steering_delta(self.info, s, torch_dtype(self._dtype))
-                    if s.layer in deltas:
-                        prev, single = deltas[s.layer]
-                        if single != (s.mode == "single"):
-                            raise ValueError(f"layer {s.layer} is steered in both modes in one plan")
-                        deltas[s.layer] = (prev + direction, single)
-                    else:
-                        deltas[s.layer] = (direction, s.mode == "single")
                 keys[ident] = f"plan{len(keys)}"
-                tables[keys[ident]] = deltas
+                tables[keys[ident]] = compile_plan(plan, self.info, torch_dtype(self._dtype), self._tokenizer,
+                                                   self.steer_slots)
             out.append(keys[ident])
         if tables:
             self._rpc("lens_steer_add_plans", tables)
-        return out, {key: _steering_salt(deltas) for key, deltas in tables.items()}
+        return out, {key: steering_salt(wire) for key, wire in tables.items()}
 
     def _submit(self, prompts: list[list[int]], steering, make_params, *, progress: bool,
                 residuals: ResidualSums | None = None, max_new: int = 0):
@@ -353,14 +353,3 @@ class VllmEngine:
             skip_reading_prefix_cache=skip_cache), progress=False)
         return [{int(t): float(lp.logprob) for t, lp in out.outputs[0].logprobs[0].items()} for out in outputs]
 
-
-def _steering_salt(deltas: dict[int, tuple[torch.Tensor, bool]]) -> str:
-    """The prefix-cache salt of one steering plan: a hash of every steered layer, its mode and the exact
-    ``c·v`` added there. Requests steered alike share cached prefixes; any other steering (or none) never
-    does, because vLLM hashes the salt into every block of the request."""
-    h = hashlib.sha256(b"lens_steer-steering-v1")
-    for layer in sorted(deltas):
-        delta, single = deltas[layer]
-        h.update(f"{layer}:{'single' if single else 'continuous'}:".encode())
-        h.update(delta.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()

@@ -25,7 +25,7 @@ def prepare_model(model: torch.nn.Module, vllm_config) -> None:
     convention = vllm_compat.check_architecture(dims["architecture"])
     layers = vllm_compat.decoder_layers(model, dims["n_layers"])
     STATE.install(layers, convention, d_model=dims["d_model"], max_tokens=dims["max_tokens"], dtype=dims["dtype"],
-                  device=dims["device"])
+                  device=dims["device"], n_slots=dims["steer_slots"])
 
 
 def plugin() -> None:
@@ -44,6 +44,7 @@ class SteeringWorkerExtension:
         if not STATE.layers:
             raise RuntimeError("the model was not built by lens_steer's loader (load_format='lens_steer')")
         vllm_compat.before_each_step(self.model_runner, STATE.fill)
+        STATE.tokens_known = vllm_compat.tokens_known(self.model_runner)
         return sorted(STATE.layers)
 
     def lens_steer_embedding_rows(self, rows: list[int]) -> dict[int, torch.Tensor]:
@@ -56,9 +57,9 @@ class SteeringWorkerExtension:
     def lens_steer_is_clean(self) -> bool:
         return STATE.is_clean()
 
-    def lens_steer_add_plans(self, plans: dict[str, dict[int, tuple[torch.Tensor, bool]]]) -> None:
-        for key, deltas in plans.items():
-            STATE.add_plan(key, deltas)
+    def lens_steer_add_plans(self, plans: dict[str, dict]) -> None:
+        for key, plan in plans.items():
+            STATE.add_plan(key, plan)
 
     def lens_steer_start_capture(self, n_rows: int, n_layers: int, positions: str, max_new: int) -> None:
         STATE.start_capture(n_rows, n_layers, positions, max_new)

@@ -9,6 +9,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from lens_steer.data.registry import benchmark_order
 from lens_steer.eval.conditions import BASELINE, CONDITION_NAMES
 from lens_steer.eval.stats import accuracy_ci, mcnemar_exact
+from lens_steer.eval.scoring import repetition
 
 __all__ = ["ItemRow", "SummaryRow", "summarise"]
 
@@ -94,6 +95,8 @@ class SummaryRow:
     cot_style_rate: float
     gen_seconds: float
     tokens_per_second: float | None
+    repetition_rate: float | None = None
+    """Mean :func:`lens_steer.eval.scoring.repetition` of the responses (None in summaries written before it)."""
 
     @property
     def steered(self) -> bool:
@@ -153,7 +156,8 @@ def summarise(
         One :class:`SummaryRow` per group, ordered by benchmark then condition: accuracy with a
         95% bootstrap interval, parse-failure rate, paired difference and exact McNemar p against
         the baseline (None for the baseline itself or without pairs), mean tokens, truncation
-        and CoT-style rates, generation seconds and tokens per second.
+        and CoT-style rates, generation seconds and tokens per second, and the mean repetition
+        (repeated word 4-grams).
 
     Raises:
         ValueError: an item appears twice under one condition.
@@ -187,6 +191,7 @@ def summarise(
                 truncation_rate=sum(not r.stopped for r in rs) / len(rs),
                 cot_style_rate=sum(bool(r.cot_style) for r in rs) / len(rs), gen_seconds=round(seconds, 3),
                 tokens_per_second=tokens / seconds if seconds > 0 else None,
+                repetition_rate=sum(repetition(r.response) for r in rs) / len(rs),
             ))
     out.sort(key=lambda s: (benchmark_order(s.benchmark), _condition_order(s)))
     return out

@@ -17,6 +17,7 @@ __all__ = [
     "extract_number",
     "extract_text_answer",
     "is_cot_style",
+    "repetition",
     "score",
 ]
 
@@ -301,3 +302,19 @@ def is_cot_style(response: str) -> bool:
         return True
     sentences = [s for s in _SENTENCE_SPLIT.split(before) if len(s.split()) >= 3]
     return len(sentences) >= COT_MIN_SENTENCES
+
+
+REPETITION_N = 4
+"""Word n-gram length of :func:`repetition`."""
+
+
+def repetition(response: str, n: int = REPETITION_N) -> float:
+    """A degeneration measure: the share of a response's word n-grams that repeat an n-gram earlier in it.
+
+    ``(count - distinct) / count`` over the whitespace-separated words' n-grams (lower-cased): 0 for a response
+    that never repeats itself (or has fewer than ``n`` words), near 1 for one stuck in a loop. A CoT answer that
+    restates a quantity repeats a few 4-grams; a looping one repeats most of them.
+    """
+    words = response.lower().split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0

@@ -82,7 +82,10 @@ def _results_table(summary: Sequence[SummaryRow]) -> list[str]:
         rows.append((s.benchmark, _cond_label(s), s.n, acc, parse, p + diff, tokens, trunc, _pct(s.cot_style_rate)))
     header = ("benchmark", "condition", "n", "accuracy % [95% CI]", "parse-fail %",
               f"McNemar p vs {BASELINE} (Δ pts)", "mean tokens", "truncated %", "CoT-style %")
-    return _md_table(header, rows, "llrrrrrrr")
+    if summary and all(s.repetition_rate is not None for s in summary):  # summaries written before it lack it
+        rows = [(*r, _pct(s.repetition_rate)) for r, s in zip(rows, summary)]
+        header = (*header, "repeated 4-grams %")
+    return _md_table(header, rows, "l" * 2 + "r" * (len(header) - 2))
 
 
 def _duration(seconds: float) -> str:

@@ -4,7 +4,12 @@ directory: identity and unsteered greedy equal; each steering mode changes the o
 bridge (greedy tokens, first-token log-probabilities); single mode touches exactly the prompt positions (every
 prefill here is chunked) and keeps doing so when a prefix cache serves the prompt; a mixed batch equals each
 request alone; residual means for derivation match (the stream after every block is the bridge's
-``blocks.{l}.hook_resid_post``); the engine is clean after an exception. A check an engine does not declare the
+``blocks.{l}.hook_resid_post``); the engine is clean after an exception. Steering specs (:mod:`spec_cases`): every
+position kind, strength schedule and operator, and several steerings at one layer in plan order, agree with the
+bridge (greedy tokens, first-token log-probabilities) when all of them share one call (a mixed batch, every prefill
+chunked, the prefix cache on), each changes the output, each request of that call equals the request alone, and
+the token-reading ones (single, a trigger ending the prompt, a region opened in it) agree again when their prompts
+are served from the prefix cache. A check an engine does not declare the
 capability for (:mod:`lens_steer.engines.registry`) is skipped, naming it: a new engine passes this suite or
 declares the capability absent. vLLM's cases carry the ``vllm`` mark (``make test-vllm``).
 
@@ -25,9 +30,10 @@ import torch
 
 from lens_steer.config import GenerationConfig
 from lens_steer.engines.base import Steering
-from lens_steer.engines.registry import capabilities_of, engine_names, engine_spec
+from lens_steer.engines.registry import CapabilityError, capabilities_of, engine_names, engine_spec, require
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from spec_cases import cached_names, mean_residual, spec_steerings  # noqa: E402
 from tiny_models import ARCHITECTURES, N_LAYERS, make_tiny  # noqa: E402
 
 ENGINE_OPTIONS = {"vllm": dict(max_num_batched_tokens=32, block_size=32,  # every prompt spans whole blocks and
@@ -48,12 +54,12 @@ ENGINES = [_engine_param(n) for n in engine_names() if n != "bridge"]
 
 
 def needs(case, capability: str) -> None:
-    """Skip a check the case's engine does not declare (naming the capability)."""
-    caps = capabilities_of(case.engine)
-    declared = capability.removeprefix("steer:") in caps.steer_modes if capability.startswith("steer:") \
-        else getattr(caps, capability)
-    if not declared:
-        pytest.skip(f"the {case.engine.name} engine does not declare {capability}")
+    """Skip a check the case's engine does not declare (naming the capability: a flag, ``steer:<mode>`` or any
+    steering spec, ``steer:at=trigger:x,op=clamp``)."""
+    try:
+        require(case.engine, capability)
+    except CapabilityError as err:
+        pytest.skip(str(err))
 
 LAYER = 1  # the middle block of three
 STEP_TOKENS = 32  # tokens per engine step: every prompt is longer, so every prefill is chunked
@@ -72,6 +78,8 @@ class Case:
     prompts: list[list[int]]
     direction: torch.Tensor
     ref: dict = field(default_factory=dict)
+    specs: dict = field(default_factory=dict)  # name -> Steering or plan (spec_cases.spec_steerings)
+    runs: dict = field(default_factory=dict)  # the engine's results, computed once and shared by the tests
 
 
 def steering(case: Case, mode: str | None, layer: int = LAYER, sign: float = 1.0):
@@ -103,6 +111,12 @@ def _bridge_results(bridge, case: Case) -> dict:
         ref["greedy", mode] = [g.response_ids for g in bridge.generate(case.prompts, CFG, steering=s, progress=False)]
     for positions, mode in (("all", None), ("generated", "single"), ("prompt", "single")):
         ref["residuals", positions, mode] = residual_means(bridge, case, positions, mode)
+    case.specs = spec_steerings(bridge.tokenizer, case.prompts, ref["greedy", None], case.direction,
+                                mean_residual(bridge, case.prompts[0]))
+    for name, plan in case.specs.items():
+        ref["greedy", name] = [g.response_ids for g in bridge.generate(case.prompts, CFG, steering=plan,
+                                                                       progress=False)]
+        ref["logprobs", name] = bridge.first_token_logprobs(case.prompts, steering=plan, top_k=5)
     return ref
 
 
@@ -237,3 +251,84 @@ def test_engine_is_clean_after_an_exception(case):
     # nothing of the failed call's steering is left: unsteered and steered outputs are the bridge's again
     assert _greedy(case, None) == case.ref["greedy", None]
     assert _greedy(case, "continuous") == case.ref["greedy", "continuous"]
+
+
+# ---------------------------------------------------------------- steering specs (spec_cases)
+
+def _spec_requests(case: Case, names) -> tuple[list[list[int]], list]:
+    """Every prompt under every named spec, in one list of requests (spec-major)."""
+    return ([p for _ in names for p in case.prompts], [case.specs[n] for n in names for _ in case.prompts])
+
+
+def _by_spec(values: list, names) -> dict:
+    k = len(values) // len(names)
+    return {n: values[i * k:(i + 1) * k] for i, n in enumerate(names)}
+
+
+def _mixed_spec_call(case: Case) -> dict:
+    """Every spec x every prompt in one ``generate`` call and one ``first_token_logprobs`` call (computed once)."""
+    if "specs" not in case.runs:
+        names = list(case.specs)
+        prompts, plans = _spec_requests(case, names)
+        gens = case.engine.generate(prompts, CFG, steering=plans, progress=False)
+        lps = case.engine.first_token_logprobs(prompts, steering=plans, top_k=5)
+        case.runs["specs"] = (_by_spec([g.response_ids for g in gens], names), _by_spec(lps, names))
+    return case.runs["specs"]
+
+
+def _needs_specs(case: Case) -> None:
+    needs(case, "mixed_steering")
+    needs(case, "first_token_logprobs")
+    for plan in case.specs.values():
+        for s in plan if isinstance(plan, tuple) else (plan,):
+            needs(case, f"steer:{s.mode}")
+
+
+def test_every_spec_agrees_with_the_bridge_in_one_mixed_call(case):
+    """Each position kind, schedule and operator (and plans of several at one layer), all in one call: greedy
+    tokens and first-token log-probabilities equal the bridge's, and each steering changed the output."""
+    _needs_specs(case)
+    greedy, logprobs = _mixed_spec_call(case)
+    n = len(case.prompts)
+    worst, agree = 0.0, 0
+    for name in case.specs:
+        same = sum(x == y for x, y in zip(greedy[name], case.ref["greedy", name]))
+        gap = _logprob_gap(logprobs[name], case.ref["logprobs", name])
+        changed = sum(x != y for x, y in zip(greedy[name], case.ref["greedy", None]))
+        moved = _moved(case.ref["logprobs", None], logprobs[name])
+        print(f"{case.arch} {name}: greedy {same}/{n} equal to the bridge, first-token logprobs within {gap:.1e}; "
+              f"changed {changed}/{n} responses, moved first-token logprobs by up to {moved:.2f}")
+        worst, agree = max(worst, gap), agree + same
+        assert same == n and gap <= LOGPROB_TOL, name
+        assert changed >= 1 or moved > 0.05, f"{name}: the steering changed nothing"
+    print(f"{case.arch} specs: {agree}/{n * len(case.specs)} greedy responses equal to the bridge over "
+          f"{len(case.specs)} specs in one call, first-token logprobs within {worst:.1e}")
+
+
+def test_a_mixed_spec_call_equals_each_request_alone(case):
+    _needs_specs(case)
+    greedy, _ = _mixed_spec_call(case)
+    names = list(case.specs)
+    alone = {name: case.engine.generate([case.prompts[i % len(case.prompts)]], CFG, steering=case.specs[name],
+                                        progress=False)[0].response_ids for i, name in enumerate(names)}
+    same = sum(alone[name] == greedy[name][i % len(case.prompts)] for i, name in enumerate(names))
+    print(f"{case.arch} specs: {same}/{len(names)} requests of the mixed call equal the request alone")
+    assert same == len(names)
+
+
+def test_token_reading_specs_agree_when_the_prefix_cache_serves_the_prompt(case):
+    """Single mode, a trigger ending the prompt and a region opened in it, under chunked prefill: run again with
+    their prompts' first blocks served from the prefix cache (salted by the spec), the answers stay the bridge's."""
+    _needs_specs(case)
+    needs(case, "prefix_cache")
+    _mixed_spec_call(case)  # the first run, which fills the cache
+    names = cached_names(case.specs)
+    assert len(names) == 3
+    prompts, plans = _spec_requests(case, names)
+    greedy = _by_spec([g.response_ids for g in case.engine.generate(prompts, CFG, steering=plans, progress=False)],
+                      names)
+    cached = case.engine.last_cached_tokens
+    same = sum(x == y for n in names for x, y in zip(greedy[n], case.ref["greedy", n]))
+    print(f"{case.arch} {', '.join(names)}: prefix cache served {sum(cached)} of {sum(map(len, prompts))} prompt "
+          f"tokens; greedy {same}/{len(prompts)} equal to the bridge")
+    assert all(c > 0 for c in cached) and same == len(prompts)

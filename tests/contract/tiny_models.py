@@ -44,6 +44,20 @@ SCALES = {"Gemma2ForCausalLM": 1.0}
 """Matrix scale per architecture where the default (4) gives a degenerate model."""
 
 
+def _tests_conftest():
+    """``tests/conftest.py`` as a module of its own (``import conftest`` may find this folder's conftest)."""
+    import importlib.util
+    import sys
+
+    name = "lens_steer_tests_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
 def make_tiny(architecture: str, path: Path, *, seed: int = 0, scale: float | None = None) -> Path:
     """Save a seeded random ``architecture`` model and the test tokenizer under ``path``.
 
@@ -51,8 +65,7 @@ def make_tiny(architecture: str, path: Path, *, seed: int = 0, scale: float | No
     greedy choices would hang on float rounding)."""
     import transformers
 
-    from conftest import make_tiny_tokenizer
-
+    make_tiny_tokenizer = _tests_conftest().make_tiny_tokenizer
     config_cls, model_cls, extra = _configs()[architecture]
     scale = SCALES.get(architecture, 4.0) if scale is None else scale
     tok = make_tiny_tokenizer()

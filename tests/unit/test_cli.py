@@ -156,12 +156,12 @@ def test_bad_generate_schedules_exit_2_naming_the_field(tiny_dir, vector_dir, ca
     assert ("Loading" in err) == loads  # a malformed spec is refused before the model loads
 
 
-def test_an_engine_that_cannot_apply_a_schedule_is_refused_before_loading(vector_dir, capsys):
-    assert main(["generate", "--engine", "vllm", "--prompt", "Hi", "--vector", str(vector_dir), "--layer", "1",
+def test_an_engine_that_cannot_apply_a_schedule_is_refused_before_loading(vector_dir, capsys, presets_only):
+    assert main(["generate", "--engine", presets_only, "--prompt", "Hi", "--vector", str(vector_dir), "--layer", "1",
                  "--coeff", "1", "--mode", "at=trigger:\\n\\n"]) == 2
     err = _one_line_error(capsys)
-    assert ("the vllm engine cannot steer the tokens after a trigger (at=trigger), which --mode needs; use --engine "
-            "bridge") in err
+    assert ("the presets-only engine cannot steer the tokens after a trigger (at=trigger), which --mode needs; use "
+            "--engine bridge or --engine vllm") in err
 
 
 def test_schedule_help_has_the_grammar_and_examples(capsys):

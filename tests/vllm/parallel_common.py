@@ -41,6 +41,26 @@ def prompts_for(tokenizer) -> list[list[int]]:
     return [encode_prompt(tokenizer, q, "direct") for q in qs]
 
 
+SPEC_COEFF = 60.0  # one generated token steered must move a greedy answer of this peaked model
+
+
+def token_specs(tokenizer, prompts: list[list[int]], responses: list[list[int]]) -> list[str]:
+    """Steering specs that read each request's tokens, from the unsteered answers: a trigger on the token they
+    make most often early on, and a region opened by the prompt's last token (the chat template's) and closed by
+    their second most frequent token (so they act within a few tokens of a short answer)."""
+    from collections import Counter
+
+    from lens_steer.engines.steer_spec import SteerSpec, Strength, Where
+
+    counts = Counter(t for r in responses for t in r[:4])
+    frequent = [t for t in sorted(counts, key=lambda t: (-counts[t], t)) if t != prompts[0][-1]
+                and tokenizer.encode(tokenizer.decode([t]), add_special_tokens=False) == [t]]
+    opener = tokenizer.decode(prompts[0][-1:])
+    trigger = SteerSpec(Where.trigger(tokenizer.decode(frequent[:1]), span=3), Strength.step(1, 0.5, 4))
+    region = SteerSpec(Where.between(opener, tokenizer.decode(frequent[1:2])), op="add-norm")
+    return [trigger.text, region.text]
+
+
 def steering_direction(d_model: int) -> torch.Tensor:
     v = torch.randn(d_model, generator=torch.Generator().manual_seed(1))
     return v / v.norm()

@@ -18,7 +18,7 @@ def main(model_dir: str, out: str, tp: int, pp: int) -> None:
     from lens_steer.engines.vllm import VllmEngine
     from lens_steer.method.collect import collect_residual_means
 
-    from parallel_common import LAYERS, prompts_for, steering_direction
+    from parallel_common import LAYERS, SPEC_COEFF, prompts_for, steering_direction, token_specs
 
     engine = VllmEngine(model_dir, tensor_parallel_size=tp, pipeline_parallel_size=pp, max_num_batched_tokens=64)
     prompts = prompts_for(engine.tokenizer)
@@ -31,6 +31,12 @@ def main(model_dir: str, out: str, tp: int, pp: int) -> None:
     res = collect_residual_means(engine, prompts, GenerationConfig(max_new_tokens=8), progress=False)
     result["means"], result["counts"] = res.means, res.counts
     result["responses"] = [g.response_ids for g in res.generations]
+    # position kinds that read each request's tokens, at layers of both stages, both in one call
+    specs = token_specs(engine.tokenizer, prompts, result["responses"])
+    plans = [tuple(Steering(direction, layer, SPEC_COEFF, spec) for layer in LAYERS) for spec in specs for _ in prompts]
+    gens = engine.generate(prompts * len(specs), GenerationConfig(max_new_tokens=8), steering=plans, progress=False)
+    result["specs"] = {spec: [g.response_ids for g in gens[i * len(prompts):(i + 1) * len(prompts)]]
+                       for i, spec in enumerate(specs)}
     torch.save(result, out)
 
 

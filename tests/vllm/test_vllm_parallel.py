@@ -2,7 +2,8 @@
 random Llama (the embedded model's 9 heads do not split in 2) run by ``parallel_worker.py`` in its own
 process, compared with the bridge engine on the same directory: identity, first-token
 log-probabilities plain and under both steering modes (steering at layers 1 and 2 at once, which
-pipeline parallelism puts on different stages), and per-request residual means (derivation)."""
+pipeline parallelism puts on different stages), per-request residual means (derivation), and greedy answers
+under a trigger and a region spec (positions every worker decides from its own copy of each request's tokens)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from lens_steer.engines.vllm import vllm_available
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from parallel_common import LAYERS, make_tiny_llama, prompts_for, steering_direction  # noqa: E402
+from parallel_common import LAYERS, SPEC_COEFF, make_tiny_llama, prompts_for, steering_direction  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.skipif(bool(vllm_available()), reason=vllm_available() or "ok")]
 MODES = ((None, 0.0), ("continuous", 20.0), ("single", 40.0))  # the worker's settings
@@ -75,3 +76,14 @@ def test_parallel_engine_matches_the_bridge(tiny_dir, bridge, tmp_path, tp, pp):
     print(f"tp={tp} pp={pp}: residual means cosine to the bridge min {cos.min().item():.7f} "
           f"({len(same)}/8 responses equal)")
     assert cos.min() >= 0.9999
+
+    counts = {}
+    for spec, responses in r["specs"].items():  # a trigger and a region (read from every worker's own tokens)
+        plan = tuple(Steering(direction, layer, SPEC_COEFF, spec) for layer in LAYERS)
+        ref = [g.response_ids for g in bridge.generate(prompts, GenerationConfig(max_new_tokens=8), steering=plan,
+                                                        progress=False)]
+        counts[spec] = (sum(x == y for x, y in zip(responses, ref)),
+                        sum(x != g.response_ids for x, g in zip(responses, res.generations)))
+        print(f"tp={tp} pp={pp} {spec}: greedy {counts[spec][0]}/8 equal to the bridge, changed {counts[spec][1]}/8 "
+              "responses")
+    assert all(agree >= 6 and changed >= 1 for agree, changed in counts.values())

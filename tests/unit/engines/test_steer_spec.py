@@ -105,48 +105,52 @@ def test_spec_slug_is_a_file_name():
     assert a != b and a.split("-")[0] == b.split("-")[0]  # the same characters replaced: the hash tells them apart
 
 
-def test_capabilities_declare_kinds_schedules_and_operators():
-    bridge, vllm = capabilities_of("bridge"), capabilities_of("vllm")
-    assert (bridge.steer_positions, bridge.steer_schedules, bridge.steer_operators) == (
-        POSITION_KINDS, SCHEDULE_KINDS, OPERATORS)
-    assert (vllm.steer_modes, vllm.steer_positions, vllm.steer_schedules, vllm.steer_operators) == (
+def test_capabilities_declare_kinds_schedules_and_operators(presets_only):
+    bridge, vllm, presets = capabilities_of("bridge"), capabilities_of("vllm"), capabilities_of(presets_only)
+    for caps in (bridge, vllm):
+        assert (caps.steer_positions, caps.steer_schedules, caps.steer_operators) == (
+            POSITION_KINDS, SCHEDULE_KINDS, OPERATORS)
+    assert (presets.steer_modes, presets.steer_positions, presets.steer_schedules, presets.steer_operators) == (
         ("continuous", "single"), ("all", "prompt"), ("constant",), ("add",))
-    assert "steer:at=trigger" in bridge.declared() and "steer:op=clamp" in bridge.declared()
-    assert "steer:at=trigger" not in vllm.declared() and "steer:single" in vllm.declared()
+    assert "steer:at=trigger" in vllm.declared() and "steer:op=clamp" in bridge.declared()
+    assert "steer:at=trigger" not in presets.declared() and "steer:single" in presets.declared()
+
+
+HINT = "; use --engine bridge or --engine vllm"
 
 
 @pytest.mark.parametrize(("mode", "message"), [
-    ("at=first:4", "the vllm engine cannot steer the first k generated tokens (at=first); use --engine bridge"),
-    ("at=window:1-3", "the vllm engine cannot steer a window of generated tokens (at=window); use --engine bridge"),
-    (r"at=trigger:\n\n", "the vllm engine cannot steer the tokens after a trigger (at=trigger); use --engine bridge"),
-    ("at=region:<think>..</think>", "the vllm engine cannot steer the tokens inside a delimited region (at=region)"),
-    ("at=last", "the vllm engine cannot steer the last prompt token (at=last)"),
-    ("strength=linear:1:0:8", "the vllm engine cannot vary the steering strength over tokens (strength=linear)"),
-    ("single,strength=step:1:0:3", "the vllm engine cannot vary the steering strength over tokens (strength=step)"),
-    ("op=clamp", "the vllm engine cannot apply the clamp steering operator (op=clamp); use --engine bridge"),
-    ("op=add-norm", "the vllm engine cannot apply the add-norm steering operator (op=add-norm)"),
-    ("single,op=ablate", "the vllm engine cannot apply the ablate steering operator (op=ablate)"),
+    ("at=first:4", "the presets-only engine cannot steer the first k generated tokens (at=first)"),
+    ("at=window:1-3", "the presets-only engine cannot steer a window of generated tokens (at=window)"),
+    (r"at=trigger:\n\n", "the presets-only engine cannot steer the tokens after a trigger (at=trigger)"),
+    ("at=region:<think>..</think>", "the presets-only engine cannot steer the tokens inside a delimited region (at=region)"),
+    ("at=last", "the presets-only engine cannot steer the last prompt token (at=last)"),
+    ("strength=linear:1:0:8", "the presets-only engine cannot vary the steering strength over tokens (strength=linear)"),
+    ("single,strength=step:1:0:3", "the presets-only engine cannot vary the steering strength over tokens (strength=step)"),
+    ("op=clamp", "the presets-only engine cannot apply the clamp steering operator (op=clamp)"),
+    ("op=add-norm", "the presets-only engine cannot apply the add-norm steering operator (op=add-norm)"),
+    ("single,op=ablate", "the presets-only engine cannot apply the ablate steering operator (op=ablate)"),
 ])
-def test_an_undeclared_spec_is_the_registrys_one_line_error(mode, message):
+def test_an_undeclared_spec_is_the_registrys_one_line_error(presets_only, mode, message):
     steering = Steering(V, 1, 1.0, mode)
     with pytest.raises(CapabilityError) as info:
-        require_steering("vllm", [None, Steering(V, 1, 1.0, "single"), steering], "the eval")
-    assert str(info.value).startswith(message.removesuffix("; use --engine bridge")) and "\n" not in str(info.value)
-    assert str(info.value).endswith("use --engine bridge")
-    with pytest.raises(CapabilityError, match="the vllm engine cannot"):
-        require("vllm", f"steer:{steering.mode}")
-    require_steering("bridge", steering)
-    require("bridge", f"steer:{steering.mode}")
-
-
-def test_presets_pass_on_every_engine_and_parts_are_capabilities():
+        require_steering(presets_only, [None, Steering(V, 1, 1.0, "single"), steering], "the eval")
+    assert str(info.value) == f"{message}, which the eval needs{HINT}"
+    with pytest.raises(CapabilityError, match=f"the {presets_only} engine cannot"):
+        require(presets_only, f"steer:{steering.mode}")
     for engine in ("bridge", "vllm"):
+        require_steering(engine, steering)
+        require(engine, f"steer:{steering.mode}")
+
+
+def test_presets_pass_on_every_engine_and_parts_are_capabilities(presets_only):
+    for engine in ("bridge", "vllm", presets_only):
         require_steering(engine, [Steering(V, 1, 1.0, "continuous"), Steering(V, 1, 1.0, "at=prompt")])
         require(engine, "steer:single")
         require(engine, "steer:op=add")
         require(engine, "steer:at=prompt")
-    with pytest.raises(CapabilityError, match=r"^the vllm engine cannot steer a window of generated tokens "
-                                              r"\(at=window\), which x needs; use --engine bridge$"):
-        require("vllm", "steer:at=window", "x")
+    with pytest.raises(CapabilityError, match=r"^the presets-only engine cannot steer a window of generated tokens "
+                                              r"\(at=window\), which x needs; use --engine bridge or --engine vllm$"):
+        require(presets_only, "steer:at=window", "x")
     with pytest.raises(ValueError, match="unknown capability 'steer:op=mul'; op is one of add, add-norm"):
         require("vllm", "steer:op=mul")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,9 @@ def test_summarise_statistics():
     assert c.truncation_rate == pytest.approx(1 / 7) and c.cot_style_rate == pytest.approx(3 / 7)
     assert c.mean_tokens == pytest.approx((6 * 20 + 10) / 7)
     assert c.ci_low <= c.accuracy <= c.ci_high
+    assert c.repetition_rate == 0.0  # empty responses
+    looped = [replace(r, response="go on go on go on go on") for r in rows]
+    assert all(s.repetition_rate == pytest.approx(3 / 5) for s in summarise(looped))  # 5 four-grams, 2 distinct
     assert summarise(list(reversed(rows))) == summary  # independent of row order
     with pytest.raises(ValueError, match="repeat"):
         summarise(rows + rows[:1])

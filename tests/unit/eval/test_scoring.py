@@ -15,6 +15,7 @@ from lens_steer.eval.scoring import (
     extract_number,
     extract_text_answer,
     is_cot_style,
+    repetition,
     score,
 )
 from lens_steer.eval.stats import accuracy_ci, mcnemar_exact
@@ -211,3 +212,16 @@ def test_mcnemar_exact() -> None:
     assert 0.0 < mcnemar_exact(big_a, big_b) < 1e-9
     with pytest.raises(ValueError):
         mcnemar_exact([True], [True, False])
+
+
+@pytest.mark.parametrize(("response", "expected"), [
+    ("", 0.0),
+    ("one two three", 0.0),  # fewer words than the n-gram
+    ("a b c d e f g", 0.0),  # no 4-gram twice
+    ("a b c d a b c d", 1 / 5),  # 5 four-grams, "a b c d" twice
+    ("Loop loop loop loop loop loop", 2 / 3),  # 3 four-grams, all the same: 2 repeat the first
+    ("A B C D a b c d", 1 / 5),  # case-insensitive
+])
+def test_repetition(response: str, expected: float) -> None:
+    assert repetition(response) == pytest.approx(expected)
+    assert repetition("x y x y x y", n=2) == pytest.approx(3 / 5)

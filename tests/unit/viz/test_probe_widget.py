@@ -168,15 +168,15 @@ def test_bad_position_choices_give_one_line(tiny, vector, menu, request_, needle
     assert outcome.result is None and needle in outcome.message and "\n" not in outcome.message
 
 
-def test_an_engine_that_does_not_declare_a_kind_is_refused(tiny, vector):
-    """The answering engine's declared capabilities are checked (the vLLM entry declares only the paper's modes)."""
+def test_an_engine_that_does_not_declare_a_kind_is_refused(tiny, vector, presets_only):
+    """The answering engine's declared capabilities are checked (an engine declaring only the paper's modes)."""
     from lens_steer.analysis.prompt_probe import ProbeInputError
 
     class Named:
-        name = "vllm"
+        name = presets_only
         tokenizer = tiny.tokenizer
 
-    with pytest.raises(ProbeInputError, match=r"^the vllm engine cannot steer the last prompt token \(at=last\)"):
+    with pytest.raises(ProbeInputError, match=r"^the presets-only engine cannot steer the last prompt token \(at=last\)"):
         probe_prompt(tiny, vector, PROMPT, 1, 1.0, mode="at=last", engine=Named(), generation=CFG)
 
 
