@@ -26,7 +26,8 @@ class ResolvedSpec:
     """A spec with its trigger texts and region markers as token ids of one tokenizer.
 
     Attributes:
-        spec: The spec. triggers: One token sequence per trigger text. markers: The (open, close) marker token ids.
+        spec: The spec. triggers: Every token sequence of every trigger text (a text can take several: on its own
+            and after other text, :func:`_trigger_sequences`). markers: The (open, close) marker token ids.
     """
 
     spec: SteerSpec
@@ -59,6 +60,34 @@ def _token_ids(tokenizer, text: str) -> list[int] | None:
     return ids
 
 
+_CONTEXTS = ("", ".", "a", " a", "1", ":")
+"""Text a trigger is tokenised between (as prefix and as suffix), besides on its own: what a model generates around
+a step boundary."""
+
+
+def _trigger_sequences(tokenizer, text: str) -> list[tuple[int, ...]]:
+    """Every token sequence ``text`` takes in generated text: on its own and between each pair of
+    :data:`_CONTEXTS` (a BPE tokenizer encodes ``"\n\n"`` alone as one token but ``".\n\nThe"`` as ``.``, ``\n``,
+    ``\n``, ``The``); only sequences that decode back to ``text`` exactly. Empty when it is not made of the
+    model's tokens."""
+    own = _token_ids(tokenizer, text)
+    if own is None:
+        return []
+    seqs = [tuple(own)]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for prefix in _CONTEXTS:
+        head = _encode(tokenizer, prefix) if prefix else []
+        for suffix in _CONTEXTS[1:]:
+            tail = list(tokenizer.encode(suffix, add_special_tokens=False))
+            whole = list(tokenizer.encode(prefix + text + suffix, add_special_tokens=False))
+            if whole[:len(head)] != head or whole[len(whole) - len(tail):] != tail:
+                continue  # the text merged with its neighbours' tokens: no boundary to match at
+            middle = tuple(whole[len(head):len(whole) - len(tail)])
+            if middle and middle not in seqs and unk not in middle and _decode(tokenizer, list(middle)) == text:
+                seqs.append(middle)
+    return seqs
+
+
 def _marker_id(tokenizer, marker: str) -> int | None:
     """The one vocabulary token ``marker`` is, or None."""
     ids = _token_ids(tokenizer, marker)
@@ -83,12 +112,12 @@ def resolve_spec(spec, tokenizer) -> ResolvedSpec:
     where = spec.at
     triggers: list[tuple[int, ...]] = []
     for text in where.triggers:
-        ids = _token_ids(tokenizer, text)
-        if ids is None:
+        seqs = _trigger_sequences(tokenizer, text)
+        if not seqs:
             got = _encode(tokenizer, text)
             raise SpecError("at", f"trigger {text!r} is not made of the model's tokens (it encodes to {got}, which "
                                   f"decode to {_decode(tokenizer, got)!r})")
-        triggers.append(tuple(ids))
+        triggers.extend(s for s in seqs if s not in triggers)
     markers = None
     if where.region is not None:
         found = [_marker_id(tokenizer, m) for m in where.region]

@@ -73,3 +73,19 @@ def test_steering_changes_direct_answers(smol, vector):
     assert [g.response_ids for g in steered] != [g.response_ids for g in plain]
     after = generate(smol, prompts, CFG, progress=False)
     assert [g.response_ids for g in after] == [g.response_ids for g in plain]
+
+
+def test_a_step_boundary_trigger_matches_how_the_model_writes_it(smol):
+    """SmolLM2's tokenizer encodes "\\n\\n" alone as one token (ĊĊ) but as Ċ, Ċ between sentences, which is how
+    the model generates it: the trigger takes both, so a step-boundary spec fires on generated text (before the
+    fix it held only ĊĊ and never fired on 191 of 192 direct answers)."""
+    from lens_steer.engines.selection import resolve_spec, selected_positions
+
+    tok = smol.tokenizer
+    resolved = resolve_spec(r"at=trigger:\n\n", tok)
+    nl, nn = tok.encode("\n", add_special_tokens=False), tok.encode("\n\n", add_special_tokens=False)
+    assert set(resolved.triggers) == {tuple(nn), tuple(nl + nl)}
+    ids = torch.tensor([tok.encode("Step one.\n\nStep two.\n\nDone", add_special_tokens=False)])
+    chosen = selected_positions(resolved, ids, torch.ones_like(ids, dtype=torch.bool), n_prompt=0)
+    ends = [i for i in range(ids.shape[1] - 1) if ids[0, i].item() == nl[0] and ids[0, i - 1].item() == nl[0]]
+    assert chosen[0].nonzero().flatten().tolist() == ends and len(ends) == 2
