@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (errors in inputs print one line and return 2)."""
+    from lens_steer.compat import UnsupportedVersion
     from lens_steer.method.vectors import ModelMismatchError, VectorFileError
     from lens_steer.models import ModelLoadError
     from lens_steer.storage import LockedError, StorageError
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ModelLoadError, VectorFileError, ModelMismatchError, FileNotFoundError, IndexError, KeyError, ValueError,
-            StorageError, LockedError) as exc:
+            StorageError, LockedError, UnsupportedVersion) as exc:
         print(f"lens-steer {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # stdout closed early (`lens-steer info V | head -1`): quiet, as other tools are

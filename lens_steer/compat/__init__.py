@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from importlib import metadata
 
-__all__ = ["require"]
+__all__ = ["UnsupportedVersion", "require"]
+
+
+class UnsupportedVersion(ImportError):
+    """A library lens_steer needs is missing or installed outside its tested range (one line naming both)."""
 
 
 def require(distribution: str, supported: str, *, version: str | None = None) -> str:
     """The installed version of ``distribution`` if it lies in ``supported`` (a PEP 440 range), else
-    ``ImportError`` in one line naming both.
+    :class:`UnsupportedVersion` (an ``ImportError``) in one line naming both.
 
     Args:
         distribution: The distribution name as pip knows it, e.g. ``"transformer-lens"``.
@@ -19,7 +23,7 @@ def require(distribution: str, supported: str, *, version: str | None = None) ->
         version: Check this version instead of the installed one (for tests).
 
     Raises:
-        ImportError: not installed, or installed outside ``supported``.
+        UnsupportedVersion: not installed, or installed outside ``supported``.
     """
     from packaging.specifiers import SpecifierSet
     from packaging.version import InvalidVersion, Version
@@ -28,13 +32,13 @@ def require(distribution: str, supported: str, *, version: str | None = None) ->
         try:
             version = metadata.version(distribution)
         except metadata.PackageNotFoundError:
-            raise ImportError(f"lens_steer needs {distribution}{supported}, which is not installed: "
+            raise UnsupportedVersion(f"lens_steer needs {distribution}{supported}, which is not installed: "
                               f"pip install '{distribution}{supported}'") from None
     try:
         inside = SpecifierSet(supported).contains(Version(version), prereleases=True)
     except InvalidVersion:
         inside = False
     if not inside:
-        raise ImportError(f"lens_steer is tested with {distribution}{supported}, but {distribution} {version} is "
+        raise UnsupportedVersion(f"lens_steer is tested with {distribution}{supported}, but {distribution} {version} is "
                           f"installed: pip install '{distribution}{supported}'")
     return version

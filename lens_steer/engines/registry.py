@@ -109,8 +109,13 @@ class EngineSpec:
     devices: tuple[str, ...] | None = None
 
     def unavailable(self) -> str | None:
-        """Why the engine cannot run here, or None."""
-        return _resolve(self.availability)() if self.availability else None
+        """Why the engine cannot run here, or None (a dependency outside its tested range is such a reason)."""
+        from lens_steer.compat import UnsupportedVersion
+
+        try:
+            return _resolve(self.availability)() if self.availability else None
+        except UnsupportedVersion as exc:
+            return str(exc)
 
     def open(self, model: str, *, device: str = "cpu", dtype: str = "float32", capture_residuals: bool = False,
              **options):

@@ -114,3 +114,32 @@ def test_attach_removes_only_its_own_hooks_beside_transformer_lens_contexts(tiny
     assert [h.user_hook for h in point.fwd_hooks] == [theirs] and len(point._forward_hooks) == 1
     point.remove_hooks("fwd")
     assert not point.fwd_hooks and not point._forward_hooks
+
+
+def test_an_engine_whose_library_is_outside_its_range_is_one_line(monkeypatch, tmp_path, capsys):
+    """vLLM installed outside lens_steer's range fails at import (compat/vllm.py): the registry reports it as the
+    engine's reason, and a command that opens the engine prints one line, exit 2 (before: a traceback)."""
+    import sys
+
+    from lens_steer.cli import main
+    from lens_steer.compat import UnsupportedVersion
+    from lens_steer.engines import registry
+
+    def outside(*a, **k):
+        raise UnsupportedVersion("lens_steer is tested with vllm>=0.32,<0.33, but vllm 0.34.0 is installed: "
+                                 "pip install 'vllm>=0.32,<0.33'")
+
+    spec = registry.EngineSpec("outside", "test: its library is outside the range", registry.Capabilities(),
+                               opener=f"{__name__}:_raises_outside", availability=f"{__name__}:_raises_outside")
+    monkeypatch.setattr(sys.modules[__name__], "_raises_outside", outside, raising=False)
+    registry.register(spec)
+    try:
+        assert spec.unavailable().startswith("lens_steer is tested with vllm>=0.32,<0.33, but vllm 0.34.0")
+        assert main(["generate", "--engine", "outside", "--prompt", "Hi", "--max-new-tokens", "1",
+                     "--out", str(tmp_path / "g.json")]) == 2
+    finally:
+        registry._REGISTRY.pop("outside", None)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == ["lens-steer generate: error: lens_steer is tested with vllm>=0.32,<0.33, but vllm 0.34.0 is "
+                     "installed: pip install 'vllm>=0.32,<0.33'"], err
