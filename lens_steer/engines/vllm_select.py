@@ -23,31 +23,25 @@ OP_FIELDS = 5
 """Per-token fields of an operator slot: bank row, a, b, add-norm flag, |v| (see :func:`operator_fields`)."""
 
 
-def operator_fields(op: str, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(a, b, m)`` per token such that ``y = x - a(x·u)u + b·v``, rescaled to ``|x|`` where ``m`` is 1, is
-    the operator's result with effective coefficients ``e`` (float32):
-
-    * ``add``: a = 0, b = e; ``add-norm``: a = 0, b = e, m = 1; ``clamp``: a = 1, b = e; ``ablate``: a = e, b = 0.
-    """
-    zero = np.zeros_like(e)
-    if op == "add":
-        return zero, e, zero
-    if op == "add-norm":
-        return zero, e, np.ones_like(e)
-    if op == "clamp":
-        return np.ones_like(e), e, zero
-    if op == "ablate":
-        return e, zero, zero
-    raise ValueError(f"unknown operator {op!r}")
-
-
-_ONE_FIELDS = {"add": lambda e: (0.0, e, 0.0), "add-norm": lambda e: (0.0, e, 1.0), "clamp": lambda e: (1.0, e, 0.0),
-               "ablate": lambda e: (e, 0.0, 0.0)}
+_FIELDS = {"add": lambda e: (0.0, e, 0.0), "add-norm": lambda e: (0.0, e, 1.0), "clamp": lambda e: (1.0, e, 0.0),
+           "ablate": lambda e: (e, 0.0, 0.0)}
+"""Each operator's ``(a, b, m)`` as a function of the effective coefficient e (see :func:`operator_fields`)."""
 
 
 def operator_fields_one(op: str, e: float) -> tuple[float, float, float]:
-    """:func:`operator_fields` of one token."""
-    return _ONE_FIELDS[op](e)
+    """``(a, b, m)`` such that ``y = x - a(x·u)u + b·v``, rescaled to ``|x|`` where ``m`` is 1, is the operator's
+    result with effective coefficient ``e``:
+
+    * ``add``: a = 0, b = e; ``add-norm``: a = 0, b = e, m = 1; ``clamp``: a = 1, b = e; ``ablate``: a = e, b = 0.
+    """
+    if op not in _FIELDS:
+        raise ValueError(f"unknown operator {op!r}")
+    return _FIELDS[op](e)
+
+
+def operator_fields(op: str, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`operator_fields_one` of every token: float32 arrays shaped like ``e``."""
+    return tuple(np.broadcast_to(np.asarray(x, dtype=np.float32), e.shape) for x in operator_fields_one(op, e))
 
 
 def _factor(strength: Strength, t: np.ndarray) -> np.ndarray:
