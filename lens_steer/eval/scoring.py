@@ -110,7 +110,8 @@ def extract_choice(response: str, choices: Sequence[str]) -> str | None:
     Tried in order, each tier taking its last match in the text:
 
     1. An explicit statement: ``answer is (B)``, ``Answer: B``, ``answer is **B**``,
-       ``option B is correct``, ``B is the correct answer``.
+       ``option B is correct``, ``B is the correct answer``, ``\\boxed{B}`` (also ``\\boxed{\\text{B}}``,
+       ``\\boxed{B) text}``), as Qwen2.5 models state a chosen option.
     2. A line that is only a letter: ``B``, ``(B)``, ``B.``, ``**B**``.
     3. A bold letter (``**B**``, ``**(B)**``) or a parenthesised letter ``(B)``.
     4. A response starting with ``B.``, ``B)`` or ``B:``.
@@ -137,6 +138,7 @@ def extract_choice(response: str, choices: Sequence[str]) -> str | None:
             rf"(?i:\banswer\b)\**\s*(?i:is|:|=)?\s*:?\s*(?i:(?:option|choice)\s*)?:?\s*\**\(({L.lower()})\)",
             rf"(?i:\b(?:option|choice))\s*[\(\[]?({L})[\)\]]?\s+is\s+(?:the\s+)?(?:correct|right|best|answer)\b",
             rf"(?<![\w'])[\(\[]?({L})[\)\]]?\s+is\s+(?:the\s+)?(?:correct|right|best)(?:\s+answer)?\b",
+            rf"\\boxed\s*\{{\s*(?:\\text(?:bf)?\s*\{{)?\s*[\(\[]?({L})[\)\]]?\s*(?:[.:)][^{{}}]*)?\}}",
         ],
         [rf"(?m)^[ \t]*[\(\[]?\**\s*({L})\s*\**[\)\]]?\s*[.:)]?\s*\**[ \t]*$"],
         [rf"\*\*\s*[\(\[]?({L})[\)\]]?\s*[.:]?\s*\*\*", rf"\(({L})\)"],

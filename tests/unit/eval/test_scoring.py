@@ -95,6 +95,12 @@ def test_extract_number(response: str, expected: str | None) -> None:
         ("The sky is blue on a clear day.", "B"),
         ("Not red, not green; it is yellow.", "D"),
         ("The answer is E.", None),  # only four choices
+        ("Therefore, the correct answer is:\n\\boxed{C}", "C"),  # Qwen2.5's way of stating a choice
+        ("so x = \\(\\boxed{7115}\\). The correct choice is \\(\\boxed{D}\\).", "D"),
+        ("\\boxed{\\text{B}}", "B"),
+        ("\\boxed{A) red}", "A"),
+        ("The total is \\boxed{42}.", None),  # a boxed number is no letter
+        ("\\boxed{E}", None),
         ("I have no idea.", None),
         ("", None),
     ],
