@@ -48,6 +48,8 @@ def _serve(args) -> int:
     from lens_steer.serve.steering_spec import parse_steering_text
     from lens_steer.serve.vectors import load_served_vectors, parse_vector_arg
 
+    if args.engine == "vllm":
+        return _serve_vllm(args)
     if args.engine not in SERVED_ENGINES:
         raise ValueError(f"serve has no server for --engine {args.engine} yet; it serves "
                          + ", ".join(f"--engine {e} ({what})" for e, what in SERVED_ENGINES.items()))
@@ -83,6 +85,42 @@ def _serve(args) -> int:
             server.server_close()
     finally:
         app.close()
+    return 0
+
+
+def _serve_vllm(args) -> int:
+    from lens_steer.cli.args import engine_options
+    from lens_steer.engines.registry import engine_spec
+    from lens_steer.serve.steering_spec import parse_steering_text
+    from lens_steer.serve.vectors import parse_vector_arg
+    from lens_steer.serve.vllm_server import VllmServeOptions, serve_vllm
+
+    reason = engine_spec("vllm").unavailable()
+    if reason:
+        raise ValueError(f"--engine vllm: {reason}")
+    if not 0 <= args.port < 65536:
+        raise ValueError(f"--port {args.port} is not a port number")
+    for text in args.vector:
+        parse_vector_arg(text)
+    try:
+        parse_steering_text(args.default_steering)
+    except ValueError as exc:
+        raise ValueError(f"--default-steering {args.default_steering!r}: {exc}") from None
+    if args.device != "cpu" and args.device != "cuda":
+        raise ValueError(f"serve --engine vllm runs on the machine's accelerator or CPU, not --device {args.device}")
+    opts = VllmServeOptions(model=args.model, served_name=args.served_model_name or args.model,
+                            vectors=tuple(args.vector), default_steering=args.default_steering, host=args.host,
+                            port=args.port, api_key=args.api_key or None, dtype=args.dtype,
+                            max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+                            allow_other_model=args.allow_other_model, engine_options=engine_options(args),
+                            quiet=args.quiet)
+
+    def listening(url: str, started: dict) -> None:
+        names = ", ".join(sorted(started["served"])) or "none"
+        print(f"lens-steer serve: {opts.served_name} on {url}/v1 (engine vllm; vectors: {names}; default steering: "
+              f"{started['default'].text()}{'; API key required' if opts.api_key else ''})", flush=True)
+
+    serve_vllm(opts, listening)
     return 0
 
 

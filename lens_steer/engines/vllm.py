@@ -22,11 +22,11 @@ from lens_steer.engines.base import (
     Generation, ResidualSums, check_fits_context, context_length_of, normalise_steering,
 )
 from lens_steer.engines.vllm_capture import CAPTURE_OP, ROW_KEY
-from lens_steer.engines.vllm_plans import compile_plan, steering_salt
+from lens_steer.engines.vllm_plans import compile_plan, steering_salt, unpack_tensors
 from lens_steer.engines.vllm_steer import EXTRA_KEY
 from lens_steer.models import ModelInfo, fingerprint_of_sample, fingerprint_rows, stop_ids_of
 
-__all__ = ["VllmEngine", "open_vllm", "vllm_available"]
+__all__ = ["VllmEngine", "check_attached", "model_dir", "model_info_of", "open_vllm", "vllm_available"]
 
 _LIVE: list[weakref.ref] = []  # the open VllmEngine of this process (one at a time: the steering state is per process)
 
@@ -51,7 +51,7 @@ def vllm_available() -> str:
     return ""
 
 
-def _model_dir(name: str) -> str:
+def model_dir(name: str) -> str:
     """A directory or hub name vLLM can load: for a named offline model or a ``.gguf`` file, the de-quantised
     copy the bridge engine loads too (the same weights on both engines), else ``name``."""
     from lens_steer.models.files import gguf_hf_dir, hf_dir, named_model
@@ -66,6 +66,36 @@ def _model_dir(name: str) -> str:
 def open_vllm(model: str, *, device: str, dtype: str, capture_residuals: bool, **options) -> VllmEngine:
     """The registry's opener of the ``vllm`` engine (:mod:`lens_steer.engines.registry`; it checks the device)."""
     return VllmEngine(model, dtype=dtype, capture_residuals=capture_residuals, **options)
+
+
+def check_attached(held: list[list[int]], n_layers: int) -> None:
+    """Refuse an engine whose workers did not all attach the steering (``lens_steer_attach``'s answers)."""
+    missing = sorted(set(range(n_layers)) - {i for layers in held for i in layers})
+    if missing or not all(held):
+        raise RuntimeError(f"steering buffers missing on layers {missing or '-'} (workers hold "
+                           f"{[len(h) for h in held]} layers each): the steering loader did not reach every "
+                           f"worker; install lens_steer in the workers' environment so vLLM loads its plugin")
+
+
+def model_info_of(model_id: str, hf_config, architecture: str, rows: list[int], parts: list[dict]) -> ModelInfo:
+    """The model's identity from its config and the embedding rows every worker read
+    (``lens_steer_embedding_rows(rows)``; each worker holds a vocabulary shard)."""
+    sample: dict[int, torch.Tensor] = {}
+    for part in parts:  # packed by the workers: they may be in another process
+        sample.update({int(r): row for r, row in unpack_tensors(part).items()})
+    d_model = int(hf_config.hidden_size)
+    fingerprint = fingerprint_of_sample((int(hf_config.vocab_size), d_model), torch.stack([sample[r] for r in rows]))
+    return ModelInfo(model_id, architecture, int(hf_config.num_hidden_layers), d_model, fingerprint)
+
+
+def hf_generation_config(path: str):
+    """The checkpoint's ``generation_config.json`` (its stop tokens), or None where it has none."""
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    try:
+        return HFGenerationConfig.from_pretrained(path)
+    except OSError:  # no generation_config.json: the tokenizer's EOS alone
+        return None
 
 
 class VllmEngine:
@@ -111,7 +141,7 @@ class VllmEngine:
         from transformers import AutoConfig
 
         self.model_id = str(model)
-        path = _model_dir(self.model_id)
+        path = model_dir(self.model_id)
         hf_config = AutoConfig.from_pretrained(path)
         architecture = (hf_config.architectures or ["?"])[0]
         vllm_compat.check_architecture(architecture)  # refused here, before the engine starts
@@ -162,27 +192,11 @@ class VllmEngine:
 
     def _identify(self, path: str, hf_config, architecture: str) -> None:
         """Attach the steering to every worker's runner and read the model's identity and stop tokens."""
-        n_layers, d_model = int(hf_config.num_hidden_layers), int(hf_config.hidden_size)
-        held = self._rpc("lens_steer_attach")
-        missing = sorted(set(range(n_layers)) - {i for layers in held for i in layers})
-        if missing or not all(held):
-            raise RuntimeError(f"steering buffers missing on layers {missing or '-'} (workers hold "
-                               f"{[len(h) for h in held]} layers each): the steering loader did not reach every "
-                               f"worker; install lens_steer in the workers' environment so vLLM loads its plugin")
-        vocab = int(hf_config.vocab_size)
-        rows = list(fingerprint_rows(vocab))
-        sample: dict[int, torch.Tensor] = {}
-        for part in self._rpc("lens_steer_embedding_rows", rows):
-            sample.update(part)
-        fingerprint = fingerprint_of_sample((vocab, d_model), torch.stack([sample[r] for r in rows]))
-        self._info = ModelInfo(self.model_id, architecture, n_layers, d_model, fingerprint)
-        try:
-            from transformers import GenerationConfig as HFGenerationConfig
-
-            hf_gen = HFGenerationConfig.from_pretrained(path)
-        except OSError:  # no generation_config.json: the tokenizer's EOS alone
-            hf_gen = None
-        self.stop_ids = stop_ids_of(self._tokenizer, hf_gen)
+        check_attached(self._rpc("lens_steer_attach"), int(hf_config.num_hidden_layers))
+        rows = list(fingerprint_rows(int(hf_config.vocab_size)))
+        self._info = model_info_of(self.model_id, hf_config, architecture, rows,
+                                   self._rpc("lens_steer_embedding_rows", rows))
+        self.stop_ids = stop_ids_of(self._tokenizer, hf_generation_config(path))
 
     # ------------------------------------------------------------ identity
     @property

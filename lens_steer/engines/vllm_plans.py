@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from lens_steer.engines.base import Steering
 from lens_steer.engines.selection import resolve_spec
 from lens_steer.engines.steering import resolve_direction, steering_delta
 
-__all__ = ["compile_plan", "steering_salt"]
+__all__ = ["compile_plan", "pack_tensors", "steering_salt", "unpack_tensors"]
 
 
 def compile_plan(plan: Sequence[Steering], info, dtype: torch.dtype, tokenizer, n_slots: int) -> dict:
@@ -84,3 +85,32 @@ def steering_salt(wire: dict) -> str:
                 h.update(f"{layer}:{k}:{text}:{coeff!r}:{op}:{triggers}:{markers}:".encode())
                 h.update(direction.contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+_TENSOR = "__lens_steer_tensor__"
+
+
+def pack_tensors(obj):
+    """``obj`` with every tensor replaced by plain data (its float32 bytes and shape), so it crosses vLLM's
+    msgpack channel to an engine process, which returns tensors it cannot type as bare lists. Tuples become lists;
+    :func:`unpack_tensors` undoes it (float32; a bfloat16 or float16 tensor is exact in it)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        return {_TENSOR: list(t.shape), "data": t.numpy().tobytes()}
+    if isinstance(obj, dict):
+        return {k: pack_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [pack_tensors(v) for v in obj]
+    return obj
+
+
+def unpack_tensors(obj):
+    """:func:`pack_tensors` undone (tensors and other values pass through)."""
+    if isinstance(obj, dict):
+        if _TENSOR in obj:
+            data = np.frombuffer(bytes(obj["data"]), dtype=np.float32).copy()
+            return torch.from_numpy(data).reshape(obj[_TENSOR])
+        return {k: unpack_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unpack_tensors(v) for v in obj]
+    return obj

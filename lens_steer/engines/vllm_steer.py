@@ -71,6 +71,8 @@ class _State:
     plans: dict[str, _Plan] = field(default_factory=dict)
     next_row: dict[int, int] = field(default_factory=dict)
     next_dir: dict[int, int] = field(default_factory=dict)
+    free_rows: dict[int, list[int]] = field(default_factory=dict)  # layer -> preset rows a removed plan gave back
+    free_dirs: dict[int, list[int]] = field(default_factory=dict)  # layer -> direction rows a removed plan gave back
     dirty: dict[int, int] = field(default_factory=dict)  # layer -> tokens of the index that may be non-zero
     ops_dirty: dict[int, int] = field(default_factory=dict)  # layer -> tokens of the slot fields that may be non-zero
     steps_steered: int = 0
@@ -114,6 +116,8 @@ class _State:
             self.plans.clear()
             self.next_row.clear()
             self.next_dir.clear()
+            self.free_rows.clear()
+            self.free_dirs.clear()
             for layer in self.layers.values():
                 for buf in self._buffers(layer):
                     buf.zero_()
@@ -130,6 +134,8 @@ class _State:
         """Register a plan (:func:`lens_steer.engines.vllm_plans.compile_plan`'s wire form) under ``key``: its preset
         bank rows, its selectors and its operator slots, per layer this process holds."""
         with self.lock:
+            if key in self.plans:  # registered already (a server registers each distinct plan once)
+                return
             selectors = [Selector(text, coeff, tuple(map(tuple, triggers)), markers and tuple(markers))
                          for text, coeff, triggers, markers in plan["selectors"]]
             if not self.tokens_known and any(s.reads_tokens for s in selectors):
@@ -140,7 +146,8 @@ class _State:
             for layer_idx, (delta, is_single) in plan["bank"].items():
                 layer = self.layers.get(layer_idx)
                 if layer is not None:  # else another pipeline stage holds this layer
-                    rows[layer_idx] = self._take(self.next_row, layer_idx, layer.lens_steer_bank, delta)
+                    rows[layer_idx] = self._take(self.next_row, self.free_rows, layer_idx, layer.lens_steer_bank,
+                                                 delta)
                     single[layer_idx] = is_single
             for layer_idx, entries in plan["slots"].items():
                 layer = self.layers.get(layer_idx)
@@ -149,19 +156,38 @@ class _State:
                 if len(entries) > self.n_slots:
                     raise ValueError(f"layer {layer_idx}: {len(entries)} steerings to apply in order, more than the "
                                      f"engine's {self.n_slots} operator slots per layer (VllmEngine(steer_slots=))")
-                slots[layer_idx] = [(si, self._take(self.next_dir, layer_idx, layer.lens_steer_dirs, v),
+                slots[layer_idx] = [(si, self._take(self.next_dir, self.free_dirs, layer_idx, layer.lens_steer_dirs, v),
                                      float(v.float().norm()), op) for si, v, op in entries]
             self.plans[key] = _Plan(rows, single, selectors, slots)
 
     @staticmethod
-    def _take(counter: dict[int, int], layer_idx: int, bank: torch.Tensor, value: torch.Tensor) -> int:
-        row = counter.get(layer_idx, 1)
-        if row >= bank.shape[0]:
-            raise ValueError(f"more than {bank.shape[0] - 1} distinct steerings at layer {layer_idx} in one call; "
-                             "split the call")
+    def _take(counter: dict[int, int], free: dict[int, list[int]], layer_idx: int, bank: torch.Tensor,
+              value: torch.Tensor) -> int:
+        if free.get(layer_idx):
+            row = free[layer_idx].pop()
+        else:
+            row = counter.get(layer_idx, 1)
+            if row >= bank.shape[0]:
+                raise ValueError(f"more than {bank.shape[0] - 1} distinct steerings at layer {layer_idx} at once; "
+                                 "split the call (or wait for steered requests to finish)")
+            counter[layer_idx] = row + 1
         bank[row].copy_(value.to(bank.dtype))
-        counter[layer_idx] = row + 1
         return row
+
+    def remove_plan(self, key: str) -> None:
+        """Forget one plan and give its bank and direction rows back (zeroed); a step that still names it steers
+        nothing (a server removes only plans no request in flight uses)."""
+        with self.lock:
+            plan = self.plans.pop(key, None)
+            if plan is None:
+                return
+            for layer_idx, row in plan.rows.items():
+                self.layers[layer_idx].lens_steer_bank[row].zero_()
+                self.free_rows.setdefault(layer_idx, []).append(row)
+            for layer_idx, entries in plan.slots.items():
+                for _si, row, _norm, _op in entries:
+                    self.layers[layer_idx].lens_steer_dirs[row].zero_()
+                    self.free_dirs.setdefault(layer_idx, []).append(row)
 
     def start_capture(self, n_rows: int, n_layers: int, positions: str, max_new: int) -> None:
         """Begin running residual sums for ``n_rows`` requests (ended by :meth:`clear`)."""

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from lens_steer.compat import vllm as vllm_compat
+from lens_steer.engines.vllm_plans import pack_tensors, unpack_tensors
 from lens_steer.engines.vllm_steer import STATE
 
 __all__ = ["EXTENSION", "SteeringWorkerExtension", "plugin", "prepare_model"]
@@ -47,9 +48,10 @@ class SteeringWorkerExtension:
         STATE.tokens_known = vllm_compat.tokens_known(self.model_runner)
         return sorted(STATE.layers)
 
-    def lens_steer_embedding_rows(self, rows: list[int]) -> dict[int, torch.Tensor]:
-        """Input-embedding rows of this worker's vocabulary shard (for the model fingerprint)."""
-        return vllm_compat.embedding_rows(self.model_runner.get_model(), rows)
+    def lens_steer_embedding_rows(self, rows: list[int]) -> dict:
+        """Input-embedding rows of this worker's vocabulary shard (for the model fingerprint), packed
+        (:func:`~lens_steer.engines.vllm_plans.pack_tensors`)."""
+        return pack_tensors(vllm_compat.embedding_rows(self.model_runner.get_model(), rows))
 
     def lens_steer_clear(self) -> None:
         STATE.clear()
@@ -59,7 +61,11 @@ class SteeringWorkerExtension:
 
     def lens_steer_add_plans(self, plans: dict[str, dict]) -> None:
         for key, plan in plans.items():
-            STATE.add_plan(key, plan)
+            STATE.add_plan(key, unpack_tensors(plan))
+
+    def lens_steer_remove_plans(self, keys: list[str]) -> None:
+        for key in keys:
+            STATE.remove_plan(key)
 
     def lens_steer_start_capture(self, n_rows: int, n_layers: int, positions: str, max_new: int) -> None:
         STATE.start_capture(n_rows, n_layers, positions, max_new)

@@ -21,7 +21,8 @@ from lens_steer.serve.vectors import ServedVector
 
 __all__ = ["SERVED_ENGINES", "ServeApp", "ServeSettings"]
 
-SERVED_ENGINES: dict[str, str] = {"bridge": "a standard-library HTTP server over the bridge engine"}
+SERVED_ENGINES: dict[str, str] = {"bridge": "a standard-library HTTP server over the bridge engine",
+                                  "vllm": "vLLM's OpenAI-compatible server and async engine, steering inside"}
 """The engines ``lens-steer serve`` has a server for, and what it is."""
 
 

@@ -14,7 +14,7 @@ from lens_steer.engines.base import check_fits_context
 from lens_steer.serve.errors import RequestError
 from lens_steer.serve.steering_spec import AppliedSteering, SteeringEntry, SteeringSpecError, parse_steering
 
-__all__ = ["MAX_PROMPTS", "CompletionRequest", "RequestContext", "parse_request"]
+__all__ = ["MAX_PROMPTS", "CompletionRequest", "RequestContext", "parse_request", "request_steering"]
 
 MAX_PROMPTS = 64
 """Prompts one ``/v1/completions`` request may carry."""
@@ -186,23 +186,31 @@ def _completion_prompts(body: Mapping, tokenizer, vocab_size: int) -> list[list[
     return out
 
 
-def _steering(body: Mapping, ctx: RequestContext) -> AppliedSteering:
+def request_steering(body: Mapping, model_name: str,
+                     resolve: Callable[[tuple[SteeringEntry, ...] | None, str], AppliedSteering]) -> AppliedSteering:
+    """The steering a request asks for: its ``steering`` field, or ``"model": "NAME@SPEC"``, or (neither) the
+    server's default, resolved by ``resolve`` (see :class:`RequestContext`).
+
+    Raises:
+        RequestError: the model is not ``model_name`` (404) or the steering is at fault (400, ``param`` naming the
+        field, e.g. ``steering[0].layer``).
+    """
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise _bad("model must be a string", "model")
     by_name = None
-    if model and model != ctx.model_name:
+    if model and model != model_name:
         name, at, spec = model.partition("@")
-        if name != ctx.model_name or not at:
-            raise RequestError(404, f"model {model!r} is not served here; this server serves {ctx.model_name!r} "
-                               f"(or {ctx.model_name}@STEERING)", param="model", code="model_not_found")
+        if name != model_name or not at:
+            raise RequestError(404, f"model {model!r} is not served here; this server serves {model_name!r} "
+                               f"(or {model_name}@STEERING)", param="model", code="model_not_found")
         by_name = spec
     source = "model" if by_name is not None else "request"
     if by_name is not None and body.get("steering") is not None:
         raise _bad("give the steering in the model name or in 'steering', not both", "steering")
     try:
         entries = parse_steering(by_name if by_name is not None else body.get("steering"))
-        return ctx.resolve(entries, source if entries is not None else "default")
+        return resolve(entries, source if entries is not None else "default")
     except SteeringSpecError as exc:
         where = "model" if by_name is not None else f"steering{exc.field}"
         raise RequestError(400, str(exc), param=where, code=exc.code) from None
@@ -255,4 +263,4 @@ def parse_request(body, *, chat: bool, ctx: RequestContext) -> CompletionRequest
     return CompletionRequest(chat=chat, prompts=tuple(tuple(p) for p in prompts), config=config,
                              stop=_stops(body.get("stop")), stream=bool(stream),
                              include_usage=bool(stream and options and options.get("include_usage")),
-                             steering=_steering(body, ctx))
+                             steering=request_steering(body, ctx.model_name, ctx.resolve))

@@ -168,3 +168,30 @@ def test_too_many_ordered_steerings_at_one_layer_are_refused_in_one_line():
         compile_plan(plan, INFO, torch.float32, None, 2)
     with pytest.raises(ValueError, match="presets only"):
         compile_plan(plan[:1], INFO, torch.float32, None, 0)
+
+
+def test_a_removed_plan_gives_its_rows_back_and_steers_nothing():
+    """A server keeps plans across calls: registering one twice is a no-op, removing one zeroes and frees its preset
+    and direction rows (the next plan takes them), and a step still naming a removed plan is left unsteered."""
+    g = torch.Generator().manual_seed(1)
+    v, w = torch.randn(D, generator=g), torch.randn(D, generator=g)
+    state, block = _layer()
+    first = compile_plan((Steering(v, 0, 2.0, "continuous"), Steering(w, 0, 1.0, "op=clamp")), INFO, torch.float32,
+                         None, state.n_slots)
+    state.add_plan("a", first)
+    state.add_plan("a", first)  # idempotent: same rows, nothing taken twice
+    rows, dirs = state.plans["a"].rows[0], state.plans["a"].slots[0][0][1]
+    assert (rows, dirs) == (1, 1) and state.next_row[0] == 2 and state.next_dir[0] == 2
+    state.remove_plan("a")
+    assert "a" not in state.plans
+    assert not block.lens_steer_bank[rows].any() and not block.lens_steer_dirs[dirs].any()
+    state.fill([StepRequest({EXTRA_KEY: "a"}, 4, 0, 4)])  # a request that outlived its plan: untouched
+    assert not block.lens_steer_idx.any() and not block.lens_steer_ops.any()
+    state.add_plan("b", compile_plan((Steering(w, 0, 3.0, "continuous"), Steering(v, 0, 1.0, "op=ablate")), INFO,
+                                     torch.float32, None, state.n_slots))
+    assert state.plans["b"].rows[0] == rows and state.plans["b"].slots[0][0][1] == dirs  # the freed rows, reused
+    assert torch.equal(block.lens_steer_bank[rows], 3.0 * w) and state.next_row[0] == 2
+    state.remove_plan("b")
+    state.remove_plan("b")  # removing twice is harmless
+    state.clear()
+    assert state.is_clean()
