@@ -8,8 +8,9 @@ non-streamed body). Plain asyncio and ASGI, no vLLM import: :mod:`lens_steer.ser
 
 A request's steering comes from ``steering`` in the body, ``vllm_xargs.steering`` (a string in the text grammar, for
 clients that pass only vLLM's extra arguments), ``"model": "NAME@SPEC"``, or the server's default; ``[]`` or
-``"none"`` is unsteered. A request that names no ``temperature`` is decoded greedily and one that names no
-``max_tokens`` gets the server's default, as on the bridge server.
+``"none"`` is unsteered. A request that names no ``temperature`` is decoded greedily, one that names no
+``max_tokens`` gets the server's default, and other sampling fields left out are neutral (:data:`NEUTRAL_SAMPLING`),
+as on the bridge server.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ __all__ = ["COMPLETION_PATHS", "GateSettings", "InstalledSteeringMiddleware", "P
 COMPLETION_PATHS = {"/v1/chat/completions": True, "/v1/completions": False}
 """The paths whose requests carry a steering, and whether each is a chat."""
 HEADER = b"x-lens-steer-steering"
+NEUTRAL_SAMPLING = {"top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+                    "frequency_penalty": 0.0}
+"""Sampling fields a request leaves out get these (no effect), so vLLM does not fill them from the checkpoint's
+``generation_config.json`` (e.g. Qwen2.5-Instruct's ``repetition_penalty`` 1.05, ``top_k`` 20): a served answer is
+then the one lens_steer's engines and the bridge server give the same request. Its stop tokens still come from it."""
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
@@ -194,6 +200,9 @@ class SteeringGate:
             out["max_tokens"] = self.settings.max_tokens
         if out.get("seed") is None and isinstance(out["temperature"], (int, float)) and out["temperature"] > 0:
             out["seed"] = self.settings.seed
+        for name, neutral in NEUTRAL_SAMPLING.items():  # not the checkpoint's generation_config sampling defaults
+            if out.get(name) is None:
+                out[name] = neutral
         return out, applied
 
     @staticmethod

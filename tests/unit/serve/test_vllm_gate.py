@@ -102,6 +102,7 @@ def test_a_steered_request_reaches_vllm_with_its_plan_key_and_salt(setup, engine
     key = got["vllm_xargs"][EXTRA_KEY]
     assert "steering" not in got and got["model"] == NAME
     assert (got["temperature"], got["max_tokens"]) == (0.0, 7)  # greedy and the server's max_tokens by default
+    assert (got["top_p"], got["top_k"], got["min_p"], got["repetition_penalty"]) == (1.0, 0, 0.0, 1.0)
     assert calls == [("lens_steer_add_plans", {key: calls[0][1][key]})]
     wire = unpack_tensors(calls[0][1][key])
     assert got["cache_salt"] == steering_salt(wire) and key == got["cache_salt"][:32]
@@ -118,9 +119,9 @@ def test_a_steered_request_reaches_vllm_with_its_plan_key_and_salt(setup, engine
 
 def test_default_unsteered_model_name_and_xargs_carriers(setup):
     app, vllm, calls, _ = setup
-    call(app, {"prompt": "a", "max_tokens": 3, "temperature": 0.5, "vllm_xargs": {"other": 1}})
+    call(app, {"prompt": "a", "max_tokens": 3, "temperature": 0.5, "top_k": 5, "vllm_xargs": {"other": 1}})
     got = vllm.bodies[-1]  # the server's default steering (single mode), the client's own settings and xargs kept
-    assert got["vllm_xargs"]["other"] == 1 and EXTRA_KEY in got["vllm_xargs"]
+    assert got["vllm_xargs"]["other"] == 1 and EXTRA_KEY in got["vllm_xargs"] and got["top_k"] == 5
     assert (got["max_tokens"], got["temperature"], got["seed"]) == (3, 0.5, 0)
     status, headers, data = call(app, {"prompt": "b", "steering": "none"})
     assert status == 200 and headers[b"x-lens-steer-steering"] == b"none"
