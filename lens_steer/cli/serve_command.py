@@ -43,16 +43,21 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def _serve(args) -> int:
-    from lens_steer.serve.app import SERVED_ENGINES, ServeApp, ServeSettings
+    from lens_steer.serve.app import SERVED_ENGINES
+
+    server = _SERVERS.get(args.engine) if args.engine in SERVED_ENGINES else None
+    if server is None:
+        raise ValueError(f"serve has no server for --engine {args.engine} yet; it serves "
+                         + ", ".join(f"--engine {e} ({what})" for e, what in SERVED_ENGINES.items()))
+    return server(args)
+
+
+def _serve_bridge(args) -> int:
+    from lens_steer.serve.app import ServeApp, ServeSettings
     from lens_steer.serve.http import make_server
     from lens_steer.serve.steering_spec import parse_steering_text
     from lens_steer.serve.vectors import load_served_vectors, parse_vector_arg
 
-    if args.engine == "vllm":
-        return _serve_vllm(args)
-    if args.engine not in SERVED_ENGINES:
-        raise ValueError(f"serve has no server for --engine {args.engine} yet; it serves "
-                         + ", ".join(f"--engine {e} ({what})" for e, what in SERVED_ENGINES.items()))
     settings = ServeSettings(model_name=args.served_model_name or args.model, default_steering=args.default_steering,
                              max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
                              max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
@@ -123,6 +128,9 @@ def _serve_vllm(args) -> int:
     serve_vllm(opts, listening)
     return 0
 
+
+_SERVERS = {"bridge": _serve_bridge, "vllm": _serve_vllm}
+"""The server of each engine in :data:`lens_steer.serve.app.SERVED_ENGINES`."""
 
 COMMANDS = [
     ("serve", "serve the model over an OpenAI-compatible HTTP API, steering chosen per request", _serve_args,
