@@ -52,24 +52,31 @@ def _serve(args) -> int:
     return server(args)
 
 
-def _serve_bridge(args) -> int:
-    from lens_steer.serve.app import ServeApp, ServeSettings
-    from lens_steer.serve.http import make_server
+def _check_args(args) -> None:
+    """Refuse a bad port, a malformed --vector or --default-steering before any model loads (every engine)."""
     from lens_steer.serve.steering_spec import parse_steering_text
-    from lens_steer.serve.vectors import load_served_vectors, parse_vector_arg
+    from lens_steer.serve.vectors import parse_vector_arg
 
-    settings = ServeSettings(model_name=args.served_model_name or args.model, default_steering=args.default_steering,
-                             max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
-                             max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
-                             allow_other_model=args.allow_other_model)
     if not 0 <= args.port < 65536:
         raise ValueError(f"--port {args.port} is not a port number")
-    for text in args.vector:  # malformed arguments are refused before the model loads
+    for text in args.vector:
         parse_vector_arg(text)
     try:
         parse_steering_text(args.default_steering)
     except ValueError as exc:
         raise ValueError(f"--default-steering {args.default_steering!r}: {exc}") from None
+
+
+def _serve_bridge(args) -> int:
+    from lens_steer.serve.app import ServeApp, ServeSettings
+    from lens_steer.serve.http import make_server
+    from lens_steer.serve.vectors import load_served_vectors
+
+    settings = ServeSettings(model_name=args.served_model_name or args.model, default_steering=args.default_steering,
+                             max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+                             max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
+                             allow_other_model=args.allow_other_model)
+    _check_args(args)
     engine = load_engine(args)
     vectors = load_served_vectors(args.vector, engine.info, allow_other_model=args.allow_other_model)
     app = ServeApp(engine, vectors, settings)
@@ -96,21 +103,12 @@ def _serve_bridge(args) -> int:
 def _serve_vllm(args) -> int:
     from lens_steer.cli.args import engine_options
     from lens_steer.engines.registry import engine_spec
-    from lens_steer.serve.steering_spec import parse_steering_text
-    from lens_steer.serve.vectors import parse_vector_arg
     from lens_steer.serve.vllm_server import VllmServeOptions, serve_vllm
 
     reason = engine_spec("vllm").unavailable()
     if reason:
         raise ValueError(f"--engine vllm: {reason}")
-    if not 0 <= args.port < 65536:
-        raise ValueError(f"--port {args.port} is not a port number")
-    for text in args.vector:
-        parse_vector_arg(text)
-    try:
-        parse_steering_text(args.default_steering)
-    except ValueError as exc:
-        raise ValueError(f"--default-steering {args.default_steering!r}: {exc}") from None
+    _check_args(args)
     if args.device != "cpu" and args.device != "cuda":
         raise ValueError(f"serve --engine vllm runs on the machine's accelerator or CPU, not --device {args.device}")
     opts = VllmServeOptions(model=args.model, served_name=args.served_model_name or args.model,
