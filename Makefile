@@ -100,8 +100,9 @@ DATA_DIR ?= ../shared/data
 PAPER_OUT ?= runs/paper-smollm2-full
 
 figures: paper
-	rm -rf figures
-	cp -r $(PAPER_OUT)/figures figures
+	mkdir -p figures
+	find figures -maxdepth 1 -type f -delete
+	cp -r $(PAPER_OUT)/figures/. figures/
 
 results-doc: paper
 	rm -rf docs/results
@@ -120,8 +121,44 @@ clean:
 # 286-question paper corpus, sweep on dev splits, choose the cells, eval on the test subsets, report and
 # figures, each stage cached in PAPER_OUT (a rerun recomputes nothing; a changed setting redoes what
 # depends on it). Runs on vLLM when `make setup-vllm` made it importable, else on the bridge.
-.PHONY: paper results-doc
+.PHONY: paper results-doc paper-qwen1.5b
 paper: setup-vllm
 	@if $(PY) -c "import sys; from lens_steer.engines.vllm import vllm_available as a; sys.exit(bool(a()))"; \
 	then engine=vllm; else engine=bridge; echo "vLLM is not importable here: running on the bridge engine"; fi; \
 	$(VENV)/bin/lens-steer reproduce --engine $$engine --data-dir $(DATA_DIR) --out $(PAPER_OUT)
+
+# Issue 27: the paper's protocol on Qwen2.5-Coder-1.5B-Instruct, the offline model that gains from CoT prompting on
+# GSM8K once the direct prompt is stricter (docs/results-qwen-selection.md), at a budget that fits ~2 h of a 2-core
+# CPU (stated in docs/results-qwen2.5-coder-1.5b.md): the vector from the whole paper corpus; a GSM8K-train sweep
+# (32 items, layers 9/11/14, 3 sizes per mode); GSM8K test 128 items for direct, CoT and the two chosen cells; the
+# paper's own cells translated by depth fraction (same coefficients) on the first 64 of them; report, figures and
+# the recovery table into docs/ and figures/qwen2.5-coder-1.5b-instruct/. Stages are cached: a rerun only copies.
+QWEN15_OUT ?= runs/paper-qwen1.5b
+QWEN15_DOC := docs/results-qwen2.5-coder-1.5b
+QWEN15_RUN := --engine vllm --model qwen2.5-coder-1.5b-instruct --dtype bfloat16 --gpu-memory-utilization 0.4 \
+	--data-dir $(DATA_DIR) --batch-size 64
+STRICT_DIRECT := {question}\nGive only the final answer as a number, with no explanation and no working.
+QWEN15_EVAL = $(VENV)/bin/lens-steer eval $(QWEN15_RUN) --direct-template "$$(printf '$(STRICT_DIRECT)')" \
+	--benchmarks gsm8k --limit 64 --max-new-tokens 512 --vector $(QWEN15_OUT)/vector \
+	--conditions steered-continuous,steered-single --no-progress
+QWEN15_NOTE = Made by make paper-qwen1.5b (lens-steer reproduce, vLLM engine, bfloat16, the stricter direct template \
+	of docs/results-qwen-selection.md): the vector from the whole 286-question paper corpus at 256 new tokens; the \
+	sweep on 32 GSM8K train items at 384 tokens over layers 9, 11, 14; the evaluation on 128 GSM8K test items at \
+	512 tokens, for time on a 2-core CPU. The analysis is in docs/results-qwen2.5-coder-1.5b.md.
+
+paper-qwen1.5b: setup-vllm setup-qwen-1.5b
+	$(VENV)/bin/lens-steer reproduce $(QWEN15_RUN) --direct-template "$$(printf '$(STRICT_DIRECT)')" \
+		--sweep-benchmarks gsm8k@train --sweep-limit 32 --sweep-max-new-tokens 384 --layers 9,11,14 \
+		--scales-continuous 0.05,0.1,0.2 --scales-single 0.3,0.6,1.0 --benchmarks gsm8k --limit 128 \
+		--eval-max-new-tokens 512 --ablation-questions 8 --figure-max-new-tokens 160 --no-progress --out $(QWEN15_OUT)
+	$(QWEN15_EVAL) --layer-continuous 11 --coeff-continuous 1 --layer-single 14 --coeff-single 20 \
+		--out $(QWEN15_OUT)/paper-cells-llama
+	$(QWEN15_EVAL) --layer-continuous 9 --coeff-continuous 0.5 --layer-single 13 --coeff-single 10 \
+		--out $(QWEN15_OUT)/paper-cells-mistral
+	rm -rf $(QWEN15_DOC)
+	$(VENV)/bin/lens-steer report --eval $(QWEN15_OUT)/eval --sweep $(QWEN15_OUT)/sweep --out $(QWEN15_DOC)/report.md \
+		--copy-summaries $(QWEN15_DOC) --note "$(QWEN15_NOTE)"
+	$(PY) bench/recovery_table.py $(QWEN15_OUT)/eval $(QWEN15_OUT)/paper-cells-llama \
+		$(QWEN15_OUT)/paper-cells-mistral > $(QWEN15_DOC)/recovery.md
+	rm -rf figures/qwen2.5-coder-1.5b-instruct
+	cp -r $(QWEN15_OUT)/figures figures/qwen2.5-coder-1.5b-instruct

@@ -1,5 +1,6 @@
 """Typed result rows of an evaluation: one :class:`ItemRow` per item × condition, one :class:`SummaryRow`
-per benchmark × condition, and :func:`summarise` from the first to the second; pure."""
+per benchmark × condition, and :func:`summarise` from the first to the second; :func:`recovery` (one
+:class:`RecoveryRow` per benchmark × steered condition: the share of the CoT prompt's gain it recovers); pure."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from dataclasses import MISSING, asdict, dataclass, fields
 
 from lens_steer.data.registry import benchmark_order
 from lens_steer.eval.conditions import BASELINE, CONDITION_NAMES
-from lens_steer.eval.stats import accuracy_ci, mcnemar_exact
+from lens_steer.eval.stats import RecoveredGain, accuracy_ci, mcnemar_exact, recovered_gain
 from lens_steer.eval.scoring import repetition
 
-__all__ = ["ItemRow", "SummaryRow", "summarise"]
+__all__ = ["COT", "ItemRow", "RecoveryRow", "SummaryRow", "recovery", "summarise"]
+
+COT = "cot"
+"""The condition key of the CoT prompt, the ceiling :func:`recovery` measures steering against."""
 
 
 def _from_mapping(cls, data: Mapping):
@@ -113,7 +117,7 @@ class SummaryRow:
         return _from_mapping(cls, data)
 
 
-def _condition_order(row: SummaryRow) -> tuple:
+def _condition_order(row: SummaryRow | RecoveryRow) -> tuple:
     rank = CONDITION_NAMES.index(row.name) if row.name in CONDITION_NAMES else len(CONDITION_NAMES)
     return (rank, row.layer if row.layer is not None else -1, row.coeff if row.coeff is not None else 0.0,
             row.condition)
@@ -194,4 +198,62 @@ def summarise(
                 repetition_rate=sum(repetition(r.response) for r in rs) / len(rs),
             ))
     out.sort(key=lambda s: (benchmark_order(s.benchmark), _condition_order(s)))
+    return out
+
+
+@dataclass(frozen=True)
+class RecoveryRow:
+    """One steered condition against the direct and CoT prompts on one benchmark group (see :func:`recovery`).
+
+    Attributes:
+        benchmark / condition / name / style / mode / layer / coeff / scale: As in :class:`SummaryRow`.
+        n: Items answered under all three conditions. direct / cot / steered: Their accuracies on those items.
+        gain: The share of the CoT gain recovered, (steered − direct) / (CoT − direct), with its interval;
+            None when CoT − direct is 0 on these items.
+    """
+
+    benchmark: str
+    condition: str
+    name: str
+    style: str
+    mode: str
+    layer: int | None
+    coeff: float | None
+    scale: float | None
+    n: int
+    direct: float
+    cot: float
+    steered: float
+    gain: RecoveredGain | None
+
+
+def recovery(rows: Iterable[ItemRow | Mapping], *, baseline: str = BASELINE, cot: str = COT, n_boot: int = 2000,
+             seed: int = 0) -> list[RecoveryRow]:
+    """Per benchmark group (as :func:`summarise` groups them) and steered condition: the share of the CoT
+    prompt's gain over the direct prompt that steering the direct prompt recovers, on the items all three
+    answered, with a paired-bootstrap interval (:func:`~lens_steer.eval.stats.recovered_gain`).
+
+    Returns:
+        The rows in :func:`summarise`'s order; [] when the rows lack the direct or the CoT condition.
+    """
+    rows = [_as_row(r) for r in rows]
+    out = []
+    for bench, group in _groups(rows).items():
+        by_cond: dict[str, dict[str, ItemRow]] = {}
+        for r in group:
+            by_cond.setdefault(r.condition, {})[r.id] = r
+        if baseline not in by_cond or cot not in by_cond:
+            continue
+        for key, items in by_cond.items():
+            first = next(iter(items.values()))
+            if first.mode is None:
+                continue
+            ids = sorted(i for i in items if i in by_cond[baseline] and i in by_cond[cot])  # order-free draws
+            if not ids:
+                continue
+            d, c, st = ([bool(by[i].correct) for i in ids] for by in (by_cond[baseline], by_cond[cot], items))
+            out.append(RecoveryRow(bench, key, first.name, first.style, first.mode, first.layer, first.coeff, first.scale, len(ids),
+                                   sum(d) / len(ids), sum(c) / len(ids), sum(st) / len(ids),
+                                   recovered_gain(d, c, st, n_boot=n_boot, seed=seed)))
+    out.sort(key=lambda r: (benchmark_order(r.benchmark), _condition_order(r)))
     return out

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from lens_steer.eval.conditions import BASELINE
 from lens_steer.eval.record import RunRecord
-from lens_steer.eval.results import SummaryRow
+from lens_steer.eval.results import COT, RecoveryRow, SummaryRow
 from lens_steer.eval.scoring import COT_MIN_SENTENCES, COT_MIN_WORDS_NO_ANSWER
 from lens_steer.eval.sweep import sweep_grid
 from lens_steer.method.vectors import VectorMetadata
@@ -34,7 +34,7 @@ def _p(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _cond_label(s: SummaryRow) -> str:
+def _cond_label(s: SummaryRow | RecoveryRow) -> str:
     if s.mode is None:
         return s.name
     scale = f", {s.scale:.2g}×" if s.scale is not None else ""
@@ -86,6 +86,27 @@ def _results_table(summary: Sequence[SummaryRow]) -> list[str]:
         rows = [(*r, _pct(s.repetition_rate)) for r, s in zip(rows, summary)]
         header = (*header, "repeated 4-grams %")
     return _md_table(header, rows, "l" * 2 + "r" * (len(header) - 2))
+
+
+def _recovery_section(recovery: Sequence[RecoveryRow]) -> list[str]:
+    rows = []
+    for r in recovery:
+        g = r.gain
+        if r.cot <= r.direct:
+            share = f"no CoT gain to recover ({_pct(r.cot - r.direct)} pts)"
+        else:
+            share = f"{100 * g.fraction:.0f} % [{_pct(g.low, 0)}, {_pct(g.high, 0)}]"
+            if g.dropped:
+                share += f" ({g.dropped}/{g.n_boot} replicates without a gain left out)"
+        rows.append((r.benchmark, _cond_label(r), r.n, _pct(r.direct), _pct(r.cot), _pct(r.steered),
+                     f"{100 * (r.cot - r.direct):+.1f}", f"{100 * (r.steered - r.direct):+.1f}", share))
+    header = ("benchmark", "steered condition", "n", f"{BASELINE} %", f"{COT} %", "steered %", "CoT gain (pts)",
+              "steered gain (pts)", "recovered (steered − direct) / (CoT − direct) [95% CI]")
+    return ["", "## How much of the CoT prompt's gain steering recovers", "",
+            "On the items answered under all three conditions; the interval is a paired bootstrap (items resampled "
+            "jointly, 2000 replicates, `lens_steer.eval.stats.recovered_gain`). 100 % means the steered direct "
+            "prompt is as accurate as the CoT prompt; 0 % that it is as accurate as the direct one.", "",
+            *_md_table(header, rows, "llrrrrrrl")]
 
 
 def _duration(seconds: float) -> str:
@@ -290,6 +311,7 @@ def results_markdown(
     title: str | None = None,
     notes: Sequence[str] = (),
     vector_config: VectorMetadata | None = None,
+    recovery: Sequence[RecoveryRow] = (),
 ) -> str:
     """The results document (markdown) from saved runs.
 
@@ -305,6 +327,7 @@ def results_markdown(
             of the recorded command).
         vector_config: The steering vector's metadata (``SteeringVector.load(path).metadata``), to describe
             how it was derived.
+        recovery: :func:`lens_steer.eval.results.recovery` of the eval's items (a section when given).
 
     Returns:
         The markdown text.
@@ -334,6 +357,8 @@ def results_markdown(
         lines += ["", f"Rows `{'`, `'.join(pooled)}` pool their tasks (micro average); `all` pools every item. "
                   "Per task:", ""]
         lines += _results_table(tasks)
+    if recovery:
+        lines += _recovery_section(recovery)
     if notes:
         lines += ["", "## Notes", ""]
         for note in notes:

@@ -9,8 +9,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from lens_steer.eval.results import SummaryRow
-from lens_steer.eval.results_dir import RUN_FILE, SUMMARY_FILE, read_run, read_summary
+from lens_steer.eval.results import SummaryRow, recovery
+from lens_steer.eval.results_dir import RUN_FILE, SUMMARY_FILE, read_items, read_run, read_summary
 from lens_steer.method.vectors import SteeringVector, VectorFileError
 from lens_steer.storage import atomic_write, storage_errors
 from lens_steer.viz.report import results_markdown, shown_path
@@ -79,7 +79,8 @@ def write_report(
             vector_config = None
     text = results_markdown(
         eval_run, eval_summary, sweep_run=sweep_run, sweep_summary=sweep_summary, sweep_best=sweep_best,
-        heatmaps=heatmaps, sources=sources, command=command, title=title, notes=notes, vector_config=vector_config)
+        heatmaps=heatmaps, sources=sources, command=command, title=title, notes=notes, vector_config=vector_config,
+        recovery=recovery(read_items(eval_dir)))
     with storage_errors(out):
         out.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(out, text)

@@ -19,13 +19,13 @@ from lens_steer.engines.bridge import BridgeEngine
 from lens_steer.eval import results_dir as ev
 from lens_steer.eval.conditions import Condition, steered_condition, sweep_conditions
 from lens_steer.eval.evaluate import evaluate
-from lens_steer.eval.results import ItemRow, summarise
+from lens_steer.eval.results import ItemRow, recovery, summarise
 from lens_steer.eval.results_dir import RunSettingsMismatch, open_results_dir, read_items
 from lens_steer.eval.sweep import best_steered, sweep_grid
 from lens_steer.config import GenerationConfig
 from lens_steer.engines.base import Generation
 from lens_steer.models import describe
-from lens_steer.eval.stats import mcnemar_exact
+from lens_steer.eval.stats import mcnemar_exact, recovered_gain
 from lens_steer.method.vectors import SteeringVector, VectorMetadata
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "data"
@@ -205,6 +205,50 @@ def test_summarise_statistics():
         summarise(rows + rows[:1])
 
 
+def test_recovered_gain_arithmetic():
+    direct, cot = [False] * 4, [True, True, False, False]
+    g = recovered_gain(direct, cot, [True, False, False, False])
+    assert g.fraction == 0.5 and g.n == 4 and g.n_boot == 2000
+    # a replicate holding neither item 0 nor 1 has no gain (probability 1/16): left out and counted
+    assert 60 < g.dropped < 200 and 0.0 <= g.low <= 0.5 <= g.high <= 1.0
+    assert recovered_gain(direct, cot, [True, False, False, False], seed=0) == g  # seeded
+    same_as_cot, same_as_direct = recovered_gain(direct, cot, cot), recovered_gain(direct, cot, direct)
+    assert (same_as_cot.fraction, same_as_cot.low, same_as_cot.high) == (1.0, 1.0, 1.0)
+    assert (same_as_direct.fraction, same_as_direct.low, same_as_direct.high) == (0.0, 0.0, 0.0)
+    beyond = recovered_gain([False, False, True], [True, False, True], [True, True, True])
+    assert beyond.fraction == 2.0  # steering may recover more than the CoT prompt's gain
+    loss = recovered_gain([True, True], [False, True], [False, False])  # a CoT loss: still defined; replicates
+    assert loss.fraction == 2.0 and loss.dropped > 0  # without item 0 have no loss and are left out
+    assert recovered_gain([True, False], [True, False], [True, True]) is None  # no gain to recover
+    for bad in (([True], [True, False], [True]), ([], [], [])):
+        with pytest.raises(ValueError):
+            recovered_gain(*bad)
+    with pytest.raises(ValueError, match="n_boot"):
+        recovered_gain(direct, cot, cot, n_boot=0)
+
+
+def test_recovery_rows_pair_items_per_benchmark():
+    rows = []
+    for i in range(4):
+        rows.append(_row(f"g/{i}", "gsm8k", "direct", False))
+        rows.append(_row(f"g/{i}", "gsm8k", "cot", i < 2))
+        rows.append(_row(f"g/{i}", "gsm8k", "steered-single[l=2]", i == 0, mode="single", layer=2, coeff=3.0))
+        rows.append(_row(f"m/{i}", "mmlu", "direct", True))
+        rows.append(_row(f"m/{i}", "mmlu", "cot", True))
+        rows.append(_row(f"m/{i}", "mmlu", "steered-single[l=2]", False, mode="single", layer=2, coeff=3.0))
+    rows.append(_row("g/9", "gsm8k", "steered-single[l=2]", True, mode="single", layer=2, coeff=3.0))  # unpaired
+    out = recovery(rows)
+    assert [(r.benchmark, r.condition) for r in out] == [("gsm8k", "steered-single[l=2]"),
+                                                         ("mmlu", "steered-single[l=2]"), ("all", "steered-single[l=2]")]
+    gsm, mmlu, pooled = out
+    assert gsm.n == 4 and (gsm.direct, gsm.cot, gsm.steered) == (0.0, 0.5, 0.25) and gsm.gain.fraction == 0.5
+    assert gsm.gain == recovered_gain([False] * 4, [True, True, False, False], [True, False, False, False])
+    assert mmlu.gain is None and mmlu.steered == 0.0
+    assert pooled.n == 8 and pooled.gain.fraction == pytest.approx((1 - 4) / (6 - 4))
+    assert recovery(list(reversed(rows))) == out
+    assert recovery([r for r in rows if r.condition != "cot"]) == []
+
+
 def test_sweep_grid_and_best():
     rows = []
     cells = [(1, 0.1, [True, False]), (1, 0.2, [True, True]), (2, 0.1, [True, True]), (2, 0.2, [False, False])]
@@ -366,6 +410,9 @@ def test_report_from_runs(tiny_dir, vector_dir, tmp_path):
     assert "| benchmark | condition |" in text and "steered-continuous (l=1" in text
     assert "meta-llama/Meta-Llama-3-8B-Instruct" in text and "layer 16, c = 20" in text and "layer 10, c = 0.5" in text
     assert "## Grid search" in text and "Selection rule" in text and "Wall time" in text
+    # every benchmark group has one recovery row per steered condition (the tiny model gains nothing from CoT)
+    section = text.split("## How much of the CoT prompt's gain steering recovers")[1].split("\n## ")[0]
+    assert section.count("| steered-continuous (l=1") == section.count("| steered-single (l=2") == 5  # 4 + all
     assert (copies / "eval-summary.json").is_file() and (copies / "sweep-run.json").is_file()
     assert "results/eval-summary.json" in text
     assert main(["report", "--eval", str(tmp_path / "nope"), "--out", str(doc)]) == 2

@@ -1,0 +1,54 @@
+"""The recovery table of steered conditions evaluated in separate directories (e.g. the paper's own cells run with
+``lens-steer eval`` beside a reproduction's ``eval``): every directory's item rows are pooled, items paired by id
+with the ``direct`` and ``cot`` rows, and each steered condition gets its accuracy (bootstrap 95 % interval), exact
+McNemar p against direct and against CoT, the behaviour columns, and the share of the CoT prompt's gain it recovers
+with a paired-bootstrap interval (``lens_steer.eval.results.recovery``). Used for
+docs/results-qwen2.5-coder-1.5b.md; prints markdown.
+
+Usage::
+
+    python bench/recovery_table.py runs/paper-qwen1.5b/eval runs/paper-qwen1.5b/paper-cells-*
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lens_steer.eval.results import recovery, summarise
+from lens_steer.eval.results_dir import read_items
+from lens_steer.eval.stats import mcnemar_exact
+
+
+def main(dirs: list[str]) -> int:
+    rows = [r for d in dirs for r in read_items(d)]
+    if not rows:
+        print(f"no item rows in {', '.join(dirs)}", file=sys.stderr)
+        return 2
+    by = {(r.condition, r.id): r for r in rows}
+    recovered = {(g.benchmark, g.condition): g for g in recovery(rows)}
+    print("| benchmark | condition | n paired | accuracy % [95% CI] | McNemar p vs direct | McNemar p vs cot | "
+          "mean tokens | truncated % | CoT-style % | parse-fail % | recovered (steered − direct) / (CoT − direct) "
+          "[95% CI] |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for s in summarise(rows):
+        if s.mode is None or s.benchmark == "all":
+            continue
+        g = recovered.get((s.benchmark, s.condition))
+        ids = sorted(r.id for r in rows if r.condition == s.condition and r.benchmark == s.benchmark
+                     and ("direct", r.id) in by and ("cot", r.id) in by)
+        if g is None or not ids:
+            continue
+        steered = [by[(s.condition, i)].correct for i in ids]
+        p_direct = mcnemar_exact([by[("direct", i)].correct for i in ids], steered)
+        p_cot = mcnemar_exact([by[("cot", i)].correct for i in ids], steered)
+        share = ("no CoT gain" if g.gain is None or g.cot <= g.direct else
+                 f"{100 * g.gain.fraction:.0f} % [{100 * g.gain.low:.0f}, {100 * g.gain.high:.0f}]")
+        print(f"| {s.benchmark} | {s.name} (l={s.layer}, c={s.coeff:.3g}, scale {s.scale:.3g}) | {len(ids)} | "
+              f"{100 * s.accuracy:.1f} [{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}] | {p_direct:.3f} | {p_cot:.3f} | "
+              f"{s.mean_tokens:.1f} | {100 * s.truncation_rate:.1f} | {100 * s.cot_style_rate:.1f} | "
+              f"{100 * s.parse_fail_rate:.1f} | {share} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
