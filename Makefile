@@ -160,5 +160,7 @@ paper-qwen1.5b: setup-vllm setup-qwen-1.5b
 		--copy-summaries $(QWEN15_DOC) --note "$(QWEN15_NOTE)"
 	$(PY) bench/recovery_table.py $(QWEN15_OUT)/eval $(QWEN15_OUT)/paper-cells-llama \
 		$(QWEN15_OUT)/paper-cells-mistral > $(QWEN15_DOC)/recovery.md
+	$(PY) bench/recovery_table.py --common $(QWEN15_OUT)/eval $(QWEN15_OUT)/paper-cells-llama \
+		$(QWEN15_OUT)/paper-cells-mistral > $(QWEN15_DOC)/recovery-common-items.md
 	rm -rf figures/qwen2.5-coder-1.5b-instruct
 	cp -r $(QWEN15_OUT)/figures figures/qwen2.5-coder-1.5b-instruct

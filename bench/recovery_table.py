@@ -8,6 +8,7 @@ docs/results-qwen2.5-coder-1.5b.md; prints markdown.
 Usage::
 
     python bench/recovery_table.py runs/paper-qwen1.5b/eval runs/paper-qwen1.5b/paper-cells-*
+    python bench/recovery_table.py --common runs/...   # only the items every directory answered
 """
 
 from __future__ import annotations
@@ -19,17 +20,23 @@ from lens_steer.eval.results_dir import read_items
 from lens_steer.eval.stats import mcnemar_exact
 
 
-def main(dirs: list[str]) -> int:
-    rows = [r for d in dirs for r in read_items(d)]
+def main(args: list[str]) -> int:
+    common = args[:1] == ["--common"]
+    dirs = args[1:] if common else args
+    per_dir = [read_items(d) for d in dirs]
+    rows = [r for items in per_dir for r in items]
+    if common and per_dir:
+        shared = set.intersection(*({r.id for r in items} for items in per_dir))
+        rows = [r for r in rows if r.id in shared]
     if not rows:
         print(f"no item rows in {', '.join(dirs)}", file=sys.stderr)
         return 2
     by = {(r.condition, r.id): r for r in rows}
     recovered = {(g.benchmark, g.condition): g for g in recovery(rows)}
-    print("| benchmark | condition | n paired | accuracy % [95% CI] | McNemar p vs direct | McNemar p vs cot | "
+    print("| benchmark | condition | n paired | direct % / CoT % on these items | accuracy % [95% CI] | McNemar p vs direct | McNemar p vs cot | "
           "mean tokens | truncated % | CoT-style % | parse-fail % | recovered (steered − direct) / (CoT − direct) "
           "[95% CI] |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in summarise(rows):
         if s.mode is None or s.benchmark == "all":
             continue
@@ -44,6 +51,7 @@ def main(dirs: list[str]) -> int:
         share = ("no CoT gain" if g.gain is None or g.cot <= g.direct else
                  f"{100 * g.gain.fraction:.0f} % [{100 * g.gain.low:.0f}, {100 * g.gain.high:.0f}]")
         print(f"| {s.benchmark} | {s.name} (l={s.layer}, c={s.coeff:.3g}, scale {s.scale:.3g}) | {len(ids)} | "
+              f"{100 * g.direct:.1f} / {100 * g.cot:.1f} | "
               f"{100 * s.accuracy:.1f} [{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}] | {p_direct:.3f} | {p_cot:.3f} | "
               f"{s.mean_tokens:.1f} | {100 * s.truncation_rate:.1f} | {100 * s.cot_style_rate:.1f} | "
               f"{100 * s.parse_fail_rate:.1f} | {share} |")
