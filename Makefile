@@ -131,8 +131,9 @@ paper: setup-vllm
 # GSM8K once the direct prompt is stricter (docs/results-qwen-selection.md), at a budget that fits ~2 h of a 2-core
 # CPU (stated in docs/results-qwen2.5-coder-1.5b.md): the vector from the whole paper corpus; a GSM8K-train sweep
 # (32 items, layers 9/11/14, 3 sizes per mode); GSM8K test 128 items for direct, CoT and the two chosen cells; the
-# paper's own cells translated by depth fraction (same coefficients) on the first 64 of them; report, figures and
-# the recovery table into docs/ and figures/qwen2.5-coder-1.5b-instruct/. Stages are cached: a rerun only copies.
+# paper's own cells translated by depth fraction (same coefficients) on 64 of them (the seeded draw of 64 is a
+# subset); report, figures and the recovery tables into docs/ and figures/qwen2.5-coder-1.5b-instruct/. Cached: a
+# rerun recomputes nothing (its two evals start the engine to find that out).
 QWEN15_OUT ?= runs/paper-qwen1.5b
 QWEN15_DOC := docs/results-qwen2.5-coder-1.5b
 QWEN15_RUN := --engine vllm --model qwen2.5-coder-1.5b-instruct --dtype bfloat16 --gpu-memory-utilization 0.4 \

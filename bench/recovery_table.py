@@ -2,8 +2,9 @@
 ``lens-steer eval`` beside a reproduction's ``eval``): every directory's item rows are pooled, items paired by id
 with the ``direct`` and ``cot`` rows, and each steered condition gets its accuracy (bootstrap 95 % interval), exact
 McNemar p against direct and against CoT, the behaviour columns, and the share of the CoT prompt's gain it recovers
-with a paired-bootstrap interval (``lens_steer.eval.results.recovery``). Used for
-docs/results-qwen2.5-coder-1.5b.md; prints markdown.
+with a paired-bootstrap interval (``lens_steer.eval.results.recovery``); then, per condition, the accuracy of the
+answers that reason (``is_cot_style``) and of those that do not. Used for docs/results-qwen2.5-coder-1.5b.md;
+prints markdown.
 
 Usage::
 
@@ -55,6 +56,19 @@ def main(args: list[str]) -> int:
               f"{100 * s.accuracy:.1f} [{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}] | {p_direct:.3f} | {p_cot:.3f} | "
               f"{s.mean_tokens:.1f} | {100 * s.truncation_rate:.1f} | {100 * s.cot_style_rate:.1f} | "
               f"{100 * s.parse_fail_rate:.1f} | {share} |")
+    print("\n| benchmark | condition | CoT-style answers: correct / n (%) | other answers: correct / n (%) |")
+    print("|---|---|---:|---:|")
+    for s in summarise(rows):
+        if s.benchmark == "all":
+            continue
+        group = [r for r in rows if r.condition == s.condition and r.benchmark == s.benchmark]
+        cells = []
+        for style in (True, False):
+            part = [r for r in group if r.cot_style == style]
+            right = sum(r.correct for r in part)
+            cells.append(f"{right} / {len(part)} ({100 * right / len(part):.1f})" if part else "0 / 0")
+        label = s.name if s.mode is None else f"{s.name} (l={s.layer}, c={s.coeff:.3g})"
+        print(f"| {s.benchmark} | {label} | {cells[0]} | {cells[1]} |")
     return 0
 
 
