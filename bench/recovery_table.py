@@ -18,7 +18,6 @@ import sys
 
 from lens_steer.eval.results import recovery, summarise
 from lens_steer.eval.results_dir import read_items
-from lens_steer.eval.stats import mcnemar_exact
 
 
 def main(args: list[str]) -> int:
@@ -32,33 +31,26 @@ def main(args: list[str]) -> int:
     if not rows:
         print(f"no item rows in {', '.join(dirs)}", file=sys.stderr)
         return 2
-    by = {(r.condition, r.id): r for r in rows}
+    summary = summarise(rows)
     recovered = {(g.benchmark, g.condition): g for g in recovery(rows)}
-    print("| benchmark | condition | n paired | direct % / CoT % on these items | accuracy % [95% CI] | McNemar p vs direct | McNemar p vs cot | "
-          "mean tokens | truncated % | CoT-style % | parse-fail % | recovered (steered − direct) / (CoT − direct) "
-          "[95% CI] |")
+    print("| benchmark | condition | n paired | direct % / CoT % on these items | accuracy % [95% CI] | "
+          "McNemar p vs direct | McNemar p vs cot | mean tokens | truncated % | CoT-style % | parse-fail % | "
+          "recovered (steered − direct) / (CoT − direct) [95% CI] |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for s in summarise(rows):
-        if s.mode is None or s.benchmark == "all":
-            continue
+    for s in summary:
         g = recovered.get((s.benchmark, s.condition))
-        ids = sorted(r.id for r in rows if r.condition == s.condition and r.benchmark == s.benchmark
-                     and ("direct", r.id) in by and ("cot", r.id) in by)
-        if g is None or not ids:
+        if g is None or s.benchmark == "all":
             continue
-        steered = [by[(s.condition, i)].correct for i in ids]
-        p_direct = mcnemar_exact([by[("direct", i)].correct for i in ids], steered)
-        p_cot = mcnemar_exact([by[("cot", i)].correct for i in ids], steered)
         share = ("no CoT gain" if g.gain is None or g.cot <= g.direct else
                  f"{100 * g.gain.fraction:.0f} % [{100 * g.gain.low:.0f}, {100 * g.gain.high:.0f}]")
-        print(f"| {s.benchmark} | {s.name} (l={s.layer}, c={s.coeff:.3g}, scale {s.scale:.3g}) | {len(ids)} | "
+        print(f"| {s.benchmark} | {s.name} (l={s.layer}, c={s.coeff:.3g}, scale {s.scale:.3g}) | {g.n} | "
               f"{100 * g.direct:.1f} / {100 * g.cot:.1f} | "
-              f"{100 * s.accuracy:.1f} [{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}] | {p_direct:.3f} | {p_cot:.3f} | "
-              f"{s.mean_tokens:.1f} | {100 * s.truncation_rate:.1f} | {100 * s.cot_style_rate:.1f} | "
+              f"{100 * s.accuracy:.1f} [{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}] | {g.p_direct:.3f} | "
+              f"{g.p_cot:.3f} | {s.mean_tokens:.1f} | {100 * s.truncation_rate:.1f} | {100 * s.cot_style_rate:.1f} | "
               f"{100 * s.parse_fail_rate:.1f} | {share} |")
     print("\n| benchmark | condition | CoT-style answers: correct / n (%) | other answers: correct / n (%) |")
     print("|---|---|---:|---:|")
-    for s in summarise(rows):
+    for s in summary:
         if s.benchmark == "all":
             continue
         group = [r for r in rows if r.condition == s.condition and r.benchmark == s.benchmark]

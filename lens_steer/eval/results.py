@@ -210,6 +210,7 @@ class RecoveryRow:
         n: Items answered under all three conditions. direct / cot / steered: Their accuracies on those items.
         gain: The share of the CoT gain recovered, (steered − direct) / (CoT − direct), with its interval;
             None when CoT − direct is 0 on these items.
+        p_direct / p_cot: Exact McNemar p of the steered condition against each prompt on those items.
     """
 
     benchmark: str
@@ -225,6 +226,8 @@ class RecoveryRow:
     cot: float
     steered: float
     gain: RecoveredGain | None
+    p_direct: float
+    p_cot: float
 
 
 def recovery(rows: Iterable[ItemRow | Mapping], *, baseline: str = BASELINE, cot: str = COT, n_boot: int = 2000,
@@ -252,8 +255,9 @@ def recovery(rows: Iterable[ItemRow | Mapping], *, baseline: str = BASELINE, cot
             if not ids:
                 continue
             d, c, st = ([bool(by[i].correct) for i in ids] for by in (by_cond[baseline], by_cond[cot], items))
-            out.append(RecoveryRow(bench, key, first.name, first.style, first.mode, first.layer, first.coeff, first.scale, len(ids),
-                                   sum(d) / len(ids), sum(c) / len(ids), sum(st) / len(ids),
-                                   recovered_gain(d, c, st, n_boot=n_boot, seed=seed)))
+            out.append(RecoveryRow(bench, key, first.name, first.style, first.mode, first.layer, first.coeff,
+                                   first.scale, len(ids), sum(d) / len(ids), sum(c) / len(ids), sum(st) / len(ids),
+                                   recovered_gain(d, c, st, n_boot=n_boot, seed=seed), mcnemar_exact(d, st),
+                                   mcnemar_exact(c, st)))
     out.sort(key=lambda r: (benchmark_order(r.benchmark), _condition_order(r)))
     return out

@@ -243,6 +243,8 @@ def test_recovery_rows_pair_items_per_benchmark():
     gsm, mmlu, pooled = out
     assert gsm.n == 4 and (gsm.direct, gsm.cot, gsm.steered) == (0.0, 0.5, 0.25) and gsm.gain.fraction == 0.5
     assert gsm.gain == recovered_gain([False] * 4, [True, True, False, False], [True, False, False, False])
+    assert gsm.p_direct == mcnemar_exact([False] * 4, [True, False, False, False])
+    assert gsm.p_cot == mcnemar_exact([True, True, False, False], [True, False, False, False])
     assert mmlu.gain is None and mmlu.steered == 0.0
     assert pooled.n == 8 and pooled.gain.fraction == pytest.approx((1 - 4) / (6 - 4))
     assert recovery(list(reversed(rows))) == out
